@@ -1,0 +1,50 @@
+"""The rollout protocol: what the trainer needs from a generation engine.
+
+An engine turns tokenised prompts into sampled responses, and can be told that the
+policy's weights changed (`sync_weights`) and to free or retake its memory around the
+training phase (`sleep`/`wake`; colocated engines such as vLLM use them, HF needs nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+class RolloutError(RuntimeError):
+    """The engine produced something the trainer cannot use (e.g. no responses)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+
+
+@dataclass
+class Generation:
+    """One sampled response. `response_ids` ends with EOS when the model stopped by itself."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    finished: bool
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, n: int = 1) -> list[list[Generation]]:
+        """`n` responses for each prompt: result[i] holds prompt i's responses."""
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine sample from `model`'s current weights."""
+
+    def sleep(self) -> None:
+        """Release memory held for generation (before the training phase)."""
+
+    def wake(self) -> None:
+        """Retake that memory (before the next rollout)."""

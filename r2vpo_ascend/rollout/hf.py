@@ -1,0 +1,89 @@
+"""Rollout with transformers' `generate`: batched, left-padded, with KV cache. Always available.
+
+The engine shares the training module itself, so `sync_weights` has nothing to copy: the
+next `generate` already samples from the updated weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from r2vpo_ascend.rollout.base import Generation, RolloutError, SamplingConfig
+
+
+class HFGenerateEngine:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 256):
+        if tokenizer.pad_token_id is None:
+            raise RolloutError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS token)")
+        self.model = model
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.batch_size = batch_size  # prompts × n per generate call, bounds activation memory
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, n: int = 1) -> list[list[Generation]]:
+        if not prompts:
+            raise RolloutError("generate() got no prompts")
+        if any(len(p) == 0 for p in prompts):
+            raise RolloutError("generate() got an empty prompt (0 tokens)")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            per_call = max(1, self.batch_size // n)
+            out: list[list[Generation]] = []
+            for start in range(0, len(prompts), per_call):
+                out.extend(self._generate_chunk(prompts[start:start + per_call], sampling, n))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, prompts, sampling: SamplingConfig, n: int) -> list[list[Generation]]:
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, p in enumerate(prompts):  # left padding: the last prompt token sits at the same column
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention_mask[i, width - len(p):] = 1
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=n, use_cache=True,
+                      pad_token_id=self.pad_id, eos_token_id=self.eos_ids)
+        if sampling.greedy:
+            kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature,
+                          top_p=sampling.top_p, top_k=sampling.top_k or None)
+        sequences = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
+        )
+        responses = sequences[:, width:].tolist()
+        eos = set(self.eos_ids)
+        result = []
+        for i, prompt in enumerate(prompts):
+            group = []
+            for tokens in responses[i * n:(i + 1) * n]:
+                cut = next((k for k, t in enumerate(tokens) if t in eos), None)
+                finished = cut is not None
+                group.append(Generation(list(prompt), tokens[:cut + 1] if finished else tokens, finished))
+            result.append(group)
+        return result
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        if model is not self.model:
+            self.model.load_state_dict(model.state_dict())
+
+    def sleep(self) -> None:  # nothing held outside the model
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise RolloutError("neither the model's generation_config nor the tokenizer defines an EOS token")
+    return ids

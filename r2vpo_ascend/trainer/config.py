@@ -1,0 +1,267 @@
+"""`R2VPOConfig`: every knob of a training run, documented, typed, loadable from YAML.
+
+One dataclass, one field per knob; each field's `help` says what it does, its default and
+where it comes from (R2VPO_SPEC.md section or paper). `r2vpo train --help-config` prints
+them all. YAML files map one-to-one onto the fields; `key=value` overrides on the command
+line are parsed as YAML scalars and type-checked like the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration mistake; the message names the field and what was expected."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, **kw):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class R2VPOConfig:
+    # ---- model and data -------------------------------------------------------------
+    model: str = _f("tiny", "Model to train: `tiny` (the embedded default: a small Llama-architecture model with "
+                    "random weights and an in-process tokenizer, no downloads), a preset name (see `r2vpo info`), "
+                    "or a local checkpoint directory.")
+    tokenizer: str | None = _f(None, "Tokenizer directory; default: the model's own.")
+    trust_remote_code: bool = _f(False, "Run a checkpoint's own modeling/tokenizer code. Off unless you turn it on.")
+    dtype: str = _f("auto", "Training dtype: `auto` (the backend's default: bf16 on accelerators, fp32 on CPU), "
+                    "`float32`, `bfloat16`, `float16`.", ("auto", "float32", "bfloat16", "float16"))
+    dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), a built-in benchmark name, a "
+                      ".jsonl/.json/.parquet file or directory, or a Hugging Face dataset name.")
+    dataset_size: int = _f(2000, "Number of problems generated for the built-in `arithmetic` task.")
+    arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
+    problem_key: str = _f("problem", "Dataset column holding the problem text.")
+    answer_key: str = _f("answer", "Dataset column holding the reference answer.")
+    prompt_template: str | None = _f(None, "Prompt template containing `{problem}`; default: the tokenizer's chat "
+                                     "template if it has one, else a plain template (see docs/data.md).")
+    system_prompt: str | None = _f(None, "System message used with a chat template.")
+    reward: str = _f("auto", "Reward function: `auto` (`arithmetic` for the built-in task, `math_verify` otherwise), "
+                     "`arithmetic`, `math_verify`, or `python:module:function`.")
+    format_reward_weight: float = _f(0.0, "Weight of the optional \\boxed{} format reward added to math_verify.")
+    verify_timeout_s: float = _f(5.0, "Per-completion time limit for math verification (a timeout scores 0).")
+    eval_dataset: str | None = _f(None, "Held-out prompts for periodic evaluation (same forms as `dataset`); "
+                                  "for `arithmetic` a disjoint generated split is used when unset.")
+    eval_size: int = _f(128, "Number of held-out problems evaluated (greedy decoding).")
+    eval_every: int = _f(10, "Evaluate every N RL steps (0 disables; step 0 and the last step always run if > 0).")
+
+    # ---- rollout ------------------------------------------------------------------------
+    rollout_engine: str = _f("hf", "Rollout engine: `hf` (transformers generate, always available) or `vllm`.",
+                             ("hf", "vllm"))
+    prompts_per_step: int = _f(8, "Prompts sampled per RL step.")
+    num_generations: int = _f(8, "Responses per prompt (G, the GRPO group size).")
+    max_prompt_length: int = _f(512, "Prompts longer than this (tokens) are truncated from the left.")
+    max_new_tokens: int = _f(16, "Maximum response length in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature; log-probs for training use the same temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
+    top_k: int = _f(0, "Top-k sampling (0 = off).")
+
+    # ---- loss ---------------------------------------------------------------------------
+    loss: str = _f("r2vpo", "Policy loss from the registry: `r2vpo`, `ppo_clip` (GRPO), `clip_higher` (DAPO), "
+                   "`gspo`, or any name added with `register_policy_loss`.")
+    advantage: str = _f("grpo", "Advantage estimator: `grpo`, `dr_grpo`, `rloo`.", ("grpo", "dr_grpo", "rloo"))
+    ratio_level: str = _f("token", "R²VPO ratio: per `token`, or per `sequence` (geometric mean, as GSPO).",
+                          ("token", "sequence"))
+    center: str = _f("mean", "Centre c of the variance term: batch mean of ρ (`mean`) or 1 (`one`).", ("mean", "one"))
+    loss_agg: str = _f("token-mean", "Loss aggregation: `token-mean` (DAPO), `seq-mean-token-mean` (GRPO), "
+                       "`seq-mean-token-sum`, `seq-mean-token-sum-norm` (Dr. GRPO).",
+                       ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
+    init_lambda: float = _f(1.0, "Initial Lagrange multiplier λ of the ratio-variance constraint.")
+    ratio_var_target: float = _f(0.05, "δ: the bound on the ratio variance V̂ (a default, tune per task).")
+    dual_lr: float = _f(0.5, "η_λ: step size of the dual update of λ.")
+    dual_update: str = _f("additive", "λ update: `additive`, `multiplicative`, or `none` (fixed λ ablation).",
+                          ("additive", "multiplicative", "none"))
+    lambda_max: float = _f(100.0, "Upper bound on λ.")
+    lambda_min: float = _f(0.0, "Lower bound on λ.")
+    clip_eps_low: float = _f(0.2, "ε (lower) for the clipping baselines (`ppo_clip`, `clip_higher`, `gspo`).")
+    clip_eps_high: float | None = _f(None, "ε (upper); default 0.2 for ppo_clip, 0.28 for clip_higher (DAPO).")
+    kl_coef: float = _f(0.0, "β of the KL(π_θ‖π_ref) penalty (0 disables the reference model).")
+    kl_estimator: str = _f("k3", "KL estimator: `k1`, `k2` or `k3`.", ("k1", "k2", "k3"))
+    entropy_coef: float = _f(0.0, "Entropy bonus coefficient (subtracted from the loss).")
+
+    # ---- optimisation -------------------------------------------------------------------
+    steps: int = _f(100, "Number of RL steps (one rollout batch each).")
+    updates_per_step: int = _f(1, "Optimiser steps per RL step: the update batch is split into this many "
+                               "mini-batches (>1 makes later mini-batches off-policy, as in PPO epochs).")
+    micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).")
+    lr: float = _f(1e-5, "Learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_betas: list = _f([0.9, 0.999], "AdamW betas.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    lr_scheduler: str = _f("constant", "Learning-rate schedule: `constant`, `linear`, `cosine` (after warm-up).",
+                           ("constant", "linear", "cosine"))
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up, in optimiser steps.")
+    sft_steps: int = _f(0, "Supervised warm-start steps on (prompt, answer) pairs before RL (the embedded default "
+                        "uses this; 0 disables).")
+    sft_lr: float = _f(1e-3, "Learning rate of the supervised warm start.")
+    sft_batch_size: int = _f(32, "Batch size of the supervised warm start.")
+
+    # ---- replay -------------------------------------------------------------------------
+    replay_ratio: float = _f(0.0, "Fraction of each update batch drawn from the replay buffer (0 = on-policy; "
+                             "0.5 = as many replayed as fresh samples).")
+    max_staleness: int = _f(4, "Replayed samples older than this many policy versions are evicted.")
+    replay_capacity: int = _f(4096, "Replay buffer capacity in responses (oldest evicted first).")
+
+    # ---- run ----------------------------------------------------------------------------
+    seed: int = _f(0, "Random seed (data order, sampling, model init).")
+    output_dir: str = _f("runs/r2vpo", "Where metrics.jsonl, checkpoints, plots and the final model go.")
+    save_every: int = _f(0, "Checkpoint every N RL steps (0: only at the end).")
+    keep_checkpoints: int = _f(2, "Number of checkpoints kept on disk.")
+    resume: str = _f("auto", "`auto` (resume from the newest checkpoint in output_dir if any), `never`, or a path.")
+    engine: str = _f("single", "Training engine: `single` (one process, CPU or one device) or `deepspeed`.",
+                     ("single", "deepspeed"))
+    deepspeed_config: str | None = _f(None, "DeepSpeed JSON config (ZeRO stage etc.) for engine=deepspeed.")
+    report_to: list = _f(["jsonl"], "Loggers: any of `jsonl` (always on), `tensorboard`, `wandb`.")
+    wandb_project: str = _f("r2vpo-ascend", "W&B project name when report_to has `wandb`.")
+    progress_bar: str = _f("auto", "Progress bar: `auto` (only on a terminal), `on`, `off`.", ("auto", "on", "off"))
+    log_every: int = _f(1, "Print a one-line summary every N steps (metrics.jsonl gets every step).")
+    num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default).")
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
+        positive = ("prompts_per_step", "num_generations", "max_new_tokens", "steps", "updates_per_step",
+                    "micro_batch_size", "replay_capacity", "max_prompt_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field `{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.replay_ratio < 1.0:
+            raise ConfigError(f"config field `replay_ratio` must be in [0, 1), got {self.replay_ratio}")
+        if self.temperature <= 0:
+            raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
+        if self.ratio_var_target <= 0:
+            raise ConfigError(f"config field `ratio_var_target` (δ) must be > 0, got {self.ratio_var_target}")
+        if self.lambda_min < 0 or self.lambda_max < self.lambda_min:
+            raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
+                              f"got {self.lambda_min}/{self.lambda_max}")
+        if self.resume not in ("auto", "never") and not Path(self.resume).exists():
+            raise ConfigError(f"config field `resume`: checkpoint path {self.resume!r} does not exist")
+        unknown = set(self.report_to) - {"jsonl", "tensorboard", "wandb"}
+        if unknown:
+            raise ConfigError(f"config field `report_to`: unknown logger(s) {sorted(unknown)}; "
+                              "choose from jsonl, tensorboard, wandb")
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "R2VPOConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"{source}: unknown config key `{key}`{hint}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "R2VPOConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(values).__name__}")
+        values.update(parse_overrides(overrides or []))
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes) -> "R2VPOConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def describe(cls) -> str:
+        """Every field with its type, default and help text (for `r2vpo train --help-config`)."""
+        hints = typing.get_type_hints(cls)
+        lines = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r})\n    {f.metadata['help']}")
+        return "\n".join(lines)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["lr=1e-5", "report_to=[jsonl,tensorboard]"]` → dict, values parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(name: str, value: Any, tp) -> Any:
+    """Check `value` against the annotation `tp`; accept int for float and str paths; else ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    expected = origin or tp
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # PyYAML reads `1e-4` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if expected is list and isinstance(value, tuple):
+        return list(value)
+    if expected is list and isinstance(value, str):
+        return [value]
+    if expected is str and isinstance(value, Path):
+        return str(value)
+    if expected is bool and isinstance(value, bool):
+        return value
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config field `{name}` expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")

@@ -1,0 +1,296 @@
+"""`R2VPOTrainer`: the RL loop, read top to bottom in `train()`.
+
+    rollout (G responses per prompt, behaviour log-probs, policy version)
+      → rewards → advantages (per group, stored with the sample)
+      → update batch = fresh + replayed samples; fresh ones enter the replay buffer
+      → per optimiser step: R²VPO (or baseline) loss → backward → step → dual step on the
+        GLOBAL ratio variance
+      → new policy version; weights pushed to the rollout engine
+      → metrics.jsonl, evaluation, checkpoint
+
+Everything hardware-specific sits behind `backend` (the `device` package) and the engines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import device
+from r2vpo_ascend.algos import DualController, compute_advantages
+from r2vpo_ascend.replay import ReplayBuffer, Rollout, mix_batch
+from r2vpo_ascend.rewards import validate_rewards
+from r2vpo_ascend.data import PromptSampler
+from r2vpo_ascend.models.loading import load_model_and_tokenizer
+from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
+from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
+from r2vpo_ascend.trainer.engine import SingleProcessEngine
+from r2vpo_ascend.trainer.evaluation import evaluate
+from r2vpo_ascend.trainer.loggers import MetricsLogger
+from r2vpo_ascend.trainer.policy_update import PolicyUpdater
+from r2vpo_ascend.trainer.setup import prompt_records, resolve_dtype, resolve_reward_fn
+from r2vpo_ascend.trainer.sft import sft_warm_start
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    rollouts: int
+    first_eval: dict | None
+    last_eval: dict | None
+
+
+class R2VPOTrainer:
+    """Fine-tune a causal LM with R²VPO (or a clipping baseline) — a TRL-like entry point.
+
+    Args:
+        model: a `PreTrainedModel`, or a `model` spec (`tiny`, a checkpoint directory).
+        tokenizer: required with a model object; loaded with a model spec.
+        reward_fn: `reward_fn(prompts=..., completions=..., **columns) -> list[float]`;
+            default from `config.reward`.
+        train_dataset: list of dicts (or a `datasets.Dataset`) with a `prompt` column (or a
+            `problem` column, templated); default from `config.dataset`.
+        config: an `R2VPOConfig`.
+        eval_dataset: held-out records, same form; default from `config.eval_dataset`.
+        backend: a `device.Backend`; default `device.current()`.
+    """
+
+    def __init__(self, model=None, tokenizer=None, reward_fn=None, train_dataset=None,
+                 config: R2VPOConfig | None = None, *, eval_dataset=None, backend=None, rollout_engine=None):
+        self.config = config = config or R2VPOConfig()
+        self.backend = backend or device.current()
+        self.dist = device.init_distributed(self.backend)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.backend.manual_seed(config.seed)
+        dtype = resolve_dtype(config, self.backend)
+        if model is None or isinstance(model, (str, Path)):
+            model, loaded_tok = load_model_and_tokenizer(str(model or config.model), tokenizer=config.tokenizer,
+                                                         trust_remote_code=config.trust_remote_code,
+                                                         dtype=dtype, seed=config.seed)
+            tokenizer = tokenizer or loaded_tok
+        if tokenizer is None:
+            raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
+        self.tokenizer = tokenizer
+        self.engine = SingleProcessEngine(model, config, self.backend, dtype)
+        self.rollout_engine = rollout_engine or HFGenerateEngine(self.engine.model, tokenizer)
+        self.reward_fn = reward_fn or resolve_reward_fn(config)
+        self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
+            else prompt_records(config, tokenizer, split="train")
+        self.eval_records = _as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
+            else (prompt_records(config, tokenizer, split="eval") if config.eval_every > 0 else [])
+        self.sampler = PromptSampler(self.train_records, config.prompts_per_step, seed=config.seed)
+        self.buffer = ReplayBuffer(config.replay_capacity, config.max_staleness, seed=config.seed)
+        self.dual = DualController(config.init_lambda, config.ratio_var_target, config.dual_lr,
+                                   mode=config.dual_update, lambda_max=config.lambda_max,
+                                   lambda_min=config.lambda_min)
+        self.updater = PolicyUpdater(self.engine, config, self.dual, pad_id=tokenizer.pad_token_id)
+        self.sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
+        self.output_dir = Path(config.output_dir)
+        self.step = self.version = self.rollouts = self.next_group_id = 0
+        self.sft_done = config.sft_steps == 0
+        self.first_eval = self.last_eval = None
+
+    # ---- the loop -------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        cfg = self.config
+        resumed = self._maybe_resume()
+        self.logger = MetricsLogger(self.output_dir, report_to=cfg.report_to, config=cfg.to_dict(),
+                                    resume_step=self.step if resumed else None, total_steps=cfg.steps,
+                                    progress_bar=cfg.progress_bar, wandb_project=cfg.wandb_project,
+                                    enabled=self.dist.is_main)
+        try:
+            if not self.sft_done:
+                self._sft_warm_start()
+            if self.step == 0 and self.eval_records:
+                self.first_eval = self._evaluate(step=0)
+            for step in range(self.step + 1, cfg.steps + 1):
+                self._run_step(step)
+        finally:
+            self.logger.close()
+        self._save_final_model()
+        return TrainResult(self.output_dir, self.step, self.rollouts, self.first_eval, self.last_eval)
+
+    def _run_step(self, step: int) -> None:
+        cfg = self.config
+        start_state = self._snapshot()  # what an error before the update restores
+        t0 = time.perf_counter()
+        try:
+            records = next(self.sampler)
+            fresh = self.rollout(records)                                   # G responses per prompt
+            t_gen = time.perf_counter() - t0
+            reward_metrics = self.score(fresh, records)                     # reward per response
+            self.assign_advantages(fresh)                                   # group-normalised, stored
+        except Exception:
+            self._save(step - 1, override=start_state)  # nothing is lost: resume retries this step
+            raise
+        self.buffer.evict_stale(self.version)
+        batch = mix_batch(fresh, self.buffer, cfg.replay_ratio, self.version)  # fresh + replayed
+        self.buffer.add(fresh)
+        t1 = time.perf_counter()
+        update_metrics = self.updater.update(batch, current_version=self.version)  # loss, step, dual step
+        self.version += 1                                                   # a new policy version ...
+        self.rollout_engine.sync_weights(self.engine.model)                 # ... pushed to the engine
+        self.step, self.rollouts = step, self.rollouts + len(fresh)
+        t_update = time.perf_counter() - t1
+
+        tokens = sum(len(r.response_ids) for r in fresh)
+        metrics = {"rollouts": self.rollouts, **reward_metrics, **update_metrics,
+                   "response_length/mean": tokens / len(fresh),
+                   "response_length/truncated_frac": sum(not r.extras["finished"] for r in fresh) / len(fresh),
+                   "replay/buffer_size": len(self.buffer), "lr": self.engine.lr,
+                   "perf/time_generate_s": t_gen, "perf/time_update_s": t_update,
+                   "perf/time_step_s": time.perf_counter() - t0,
+                   "perf/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+                   "perf/max_memory_gb": self.backend.max_memory_gb()}
+        if cfg.eval_every > 0 and self.eval_records and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics.update(self._evaluate(step=None))
+        record = self.logger.log(step, metrics)
+        if self.dist.is_main and cfg.log_every and step % cfg.log_every == 0:
+            print(_summary_line(record), flush=True)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            self._save(step)
+
+    # ---- the stages ---------------------------------------------------------------------
+    def rollout(self, records: list[dict]) -> list[Rollout]:
+        """G responses per prompt from the rollout engine, tagged with the current policy version.
+
+        Behaviour log-probs are the trainer's own at this version: recomputed here, or, when
+        the update happens at this same version (one optimiser step per RL step), taken from
+        the update's forward pass, which computes exactly the same thing.
+        """
+        cfg = self.config
+        prompt_ids = [self.tokenizer(r["prompt"])["input_ids"][-cfg.max_prompt_length:] for r in records]
+        self.rollout_engine.wake()
+        groups = self.rollout_engine.generate(prompt_ids, self.sampling, n=cfg.num_generations)
+        self.rollout_engine.sleep()
+        if len(groups) != len(records) or any(len(g) != cfg.num_generations for g in groups):
+            raise RolloutError(f"rollout engine returned {[len(g) for g in groups]} responses per prompt; "
+                               f"expected {cfg.num_generations} for each of {len(records)} prompts")
+        if all(len(g.response_ids) == 0 for group in groups for g in group):
+            raise RolloutError("every generated response is empty (0 tokens): check max_new_tokens, the prompt "
+                               "length against the model's context, and the tokenizer's EOS token")
+        fresh = []
+        for i, (record, group) in enumerate(zip(records, groups)):
+            for g in group:
+                fresh.append(Rollout(prompt_ids=g.prompt_ids, response_ids=g.response_ids, old_log_probs=None,
+                                     reward=0.0, advantage=0.0, version=self.version,
+                                     group_id=self.next_group_id + i, prompt_index=None,
+                                     extras={"finished": g.finished}))
+        self.next_group_id += len(records)
+        if not self.updater.fills_behaviour_log_probs:
+            self.updater.behaviour_log_probs(fresh)
+        return fresh
+
+    def score(self, fresh: list[Rollout], records: list[dict]) -> dict:
+        """Call the reward function with the completions and every dataset column, one float each."""
+        G = self.config.num_generations
+        completions = [self.tokenizer.decode(r.response_ids, skip_special_tokens=True) for r in fresh]
+        columns = {k: [rec[k] for rec in records for _ in range(G)] for k in records[0] if k != "prompt"}
+        prompts = [rec["prompt"] for rec in records for _ in range(G)]
+        rewards = validate_rewards(self.reward_fn(prompts=prompts, completions=completions, **columns),
+                                   len(fresh), getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__))
+        for rollout, reward in zip(fresh, rewards):
+            rollout.reward = float(reward)
+        rewards_t = torch.tensor(rewards)
+        metrics = {"reward/mean": rewards_t.mean().item(), "reward/std": rewards_t.std(unbiased=False).item(),
+                   "reward/solved_frac": (rewards_t > 0.5).float().mean().item()}
+        metrics.update(getattr(self.reward_fn, "last_metrics", None) or {})
+        return metrics
+
+    def assign_advantages(self, fresh: list[Rollout]) -> None:
+        """Group-normalised advantages, computed once at collection time and stored with the sample."""
+        rewards = torch.tensor([r.reward for r in fresh], dtype=torch.float32)
+        advantages = compute_advantages(self.config.advantage, rewards, self.config.num_generations)
+        for rollout, adv in zip(fresh, advantages.tolist()):
+            rollout.advantage = adv
+
+    # ---- warm start, evaluation ---------------------------------------------------------
+    def _sft_warm_start(self) -> None:
+        cfg = self.config
+        losses = sft_warm_start(self.engine.model, self.tokenizer, self.train_records, steps=cfg.sft_steps,
+                                lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, seed=cfg.seed,
+                                device=self.backend.device)
+        self.sft_done = True
+        if self.dist.is_main:
+            print(f"[sft] {cfg.sft_steps} warm-start steps: loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+
+    def _evaluate(self, step: int | None) -> dict:
+        metrics = evaluate(self.rollout_engine, self.tokenizer, self.eval_records, self.reward_fn,
+                           max_new_tokens=self.config.max_new_tokens, max_prompt_length=self.config.max_prompt_length)
+        self.last_eval = metrics
+        if step is not None:  # the step-0 evaluation gets its own line
+            self.logger.log(step, {"rollouts": 0, **metrics})
+            if self.dist.is_main:
+                print(f"[eval] step {step}: accuracy {metrics['eval/accuracy']:.3f}", flush=True)
+        return metrics
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _snapshot(self) -> dict:
+        return {"rng": self.backend.rng_state(), "sampler": self.sampler.state_dict()}
+
+    def state_dict(self) -> dict:
+        return {"engine": self.engine.state_dict(), "dual": self.dual.state_dict(),
+                "buffer": self.buffer.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": self.backend.rng_state(), "config": self.config.to_dict(),
+                "trainer": {"step": self.step, "version": self.version, "rollouts": self.rollouts,
+                            "next_group_id": self.next_group_id, "sft_done": self.sft_done,
+                            "first_eval": self.first_eval}}
+
+    def _save(self, step: int, override: dict | None = None) -> None:
+        if not self.dist.is_main or (step == 0 and not self.sft_done):
+            return
+        state = self.state_dict()
+        state.update(override or {})
+        save_checkpoint(self.output_dir, step, state, keep=self.config.keep_checkpoints)
+
+    def _maybe_resume(self) -> bool:
+        cfg = self.config
+        if cfg.resume == "never":
+            return False
+        path = latest_checkpoint(self.output_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if path is None:
+            return False
+        state = load_checkpoint(path)
+        self.engine.load_state_dict(state["engine"])
+        self.dual.load_state_dict(state["dual"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.backend.set_rng_state(state["rng"])
+        t = state["trainer"]
+        self.step, self.version, self.rollouts = t["step"], t["version"], t["rollouts"]
+        self.next_group_id, self.sft_done, self.first_eval = t["next_group_id"], t["sft_done"], t["first_eval"]
+        self.rollout_engine.sync_weights(self.engine.model)
+        if self.dist.is_main:
+            print(f"[resume] from {path} at step {self.step}", flush=True)
+        return True
+
+    def _save_final_model(self) -> None:
+        if not self.dist.is_main:
+            return
+        final = self.output_dir / "final"
+        self.engine.model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+
+
+def _as_records(dataset, name: str) -> list[dict]:
+    records = [dict(r) for r in dataset]
+    if not records:
+        raise ConfigError(f"`{name}` is empty")
+    if "prompt" not in records[0]:
+        raise ConfigError(f"`{name}` needs a `prompt` column; it has {sorted(records[0])}")
+    return records
+
+
+def _summary_line(record: dict) -> str:
+    keys = [("reward/mean", "reward"), ("eval/accuracy", "eval_acc"), ("r2vpo/lambda", "λ"),
+            ("r2vpo/ratio_var", "V̂"), ("replay/ess_frac", "ess"), ("response_length/mean", "len"),
+            ("perf/time_step_s", "s/step")]
+    parts = [f"step {record['step']}"]
+    parts += [f"{short} {record[k]:.4g}" for k, short in keys if isinstance(record.get(k), (int, float))]
+    return " | ".join(parts)
