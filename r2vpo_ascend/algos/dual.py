@@ -1,0 +1,103 @@
+"""The dual step: the Lagrange multiplier λ of the ratio-variance constraint V̂ ≤ δ
+(R2VPO_SPEC.md "Dual step, once per optimiser step, from the detached global V̂").
+
+- ``additive`` (default):  λ ← clip(λ + η_λ·(V̂ − δ), λ_min, λ_max)
+- ``multiplicative``:      λ ← clip(λ·exp(η_λ·(V̂ − δ)/δ), max(λ_min, 1e-8), λ_max)
+- ``none``:                λ fixed (ablation: a plain variance penalty)
+
+Multiplicative updates cannot leave λ = 0 (0·anything = 0), so in that mode λ is kept at
+least ``MULTIPLICATIVE_FLOOR`` = 1e-8: from λ = 0 the first update puts it there, and it then
+grows geometrically while V̂ > δ (from 1e-8 to 1 takes ln(1e8)/(η_λ·(V̂ − δ)/δ) ≈ 18.4/… steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .numerics import NonFiniteError
+
+DUAL_MODES = ("additive", "multiplicative", "none")
+MULTIPLICATIVE_FLOOR = 1e-8
+# exp() argument cap: exp(700) ≈ 1e304 is still a float; anything above would hit λ_max anyway.
+_MAX_EXPONENT = 700.0
+
+
+class DualController:
+    """Holds λ and applies the dual update from the global V̂ (identical on every rank).
+
+    Args:
+        init_lambda: λ at step 0, in [lambda_min, lambda_max].
+        target: δ > 0, the bound on the ratio variance.
+        lr: η_λ >= 0, the dual step size.
+        mode: ``additive``, ``multiplicative`` or ``none``.
+        lambda_max / lambda_min: bounds, 0 <= lambda_min <= lambda_max < inf.
+    """
+
+    def __init__(self, init_lambda: float, target: float, lr: float, mode: str = "additive",
+                 lambda_max: float = 100.0, lambda_min: float = 0.0) -> None:
+        init_lambda, target, lr = float(init_lambda), float(target), float(lr)
+        lambda_max, lambda_min = float(lambda_max), float(lambda_min)
+        if mode not in DUAL_MODES:
+            raise ValueError(f"mode (dual_update) must be one of {list(DUAL_MODES)}, got {mode!r}")
+        for name, value in (("init_lambda", init_lambda), ("target", target), ("lr", lr),
+                            ("lambda_max", lambda_max), ("lambda_min", lambda_min)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if not target > 0:
+            raise ValueError(f"target (δ, the ratio-variance bound) must be > 0, got {target}")
+        if lr < 0:
+            raise ValueError(f"lr (η_λ, the dual step size) must be >= 0, got {lr}")
+        if lambda_min < 0:
+            raise ValueError(f"lambda_min must be >= 0, got {lambda_min}")
+        if lambda_max < lambda_min:
+            raise ValueError(f"lambda_max ({lambda_max}) must be >= lambda_min ({lambda_min})")
+        if not lambda_min <= init_lambda <= lambda_max:
+            raise ValueError(f"init_lambda ({init_lambda}) must be within [lambda_min, lambda_max] = "
+                             f"[{lambda_min}, {lambda_max}]")
+        self.target, self.lr, self.mode = target, lr, mode
+        self.lambda_min, self.lambda_max = lambda_min, lambda_max
+        self.lam = init_lambda
+        self.num_updates = 0
+        self.last_ratio_var: float | None = None
+
+    def update(self, ratio_var: float | torch.Tensor) -> float:
+        """One dual step from the detached global V̂; returns the new λ."""
+        ratio_var = float(ratio_var)
+        if not math.isfinite(ratio_var):
+            raise NonFiniteError(f"ratio_var (V̂) passed to the dual update is not finite: {ratio_var}")
+        violation = ratio_var - self.target  # V̂ − δ: > 0 raises λ, < 0 lowers it
+        if self.mode == "additive":
+            new_lam = self.lam + self.lr * violation
+            self.lam = min(max(new_lam, self.lambda_min), self.lambda_max)
+        elif self.mode == "multiplicative":
+            exponent = min(self.lr * violation / self.target, _MAX_EXPONENT)
+            floor = max(self.lambda_min, MULTIPLICATIVE_FLOOR)
+            self.lam = min(max(self.lam * math.exp(exponent), floor), self.lambda_max)
+        self.num_updates += 1
+        self.last_ratio_var = ratio_var
+        return self.lam
+
+    def state_dict(self) -> dict[str, Any]:
+        """λ and the step count. The hyperparameters are recorded for reference only: on load,
+        those of the constructor (the current config) apply."""
+        return {"lam": self.lam, "num_updates": self.num_updates, "last_ratio_var": self.last_ratio_var,
+                "target": self.target, "lr": self.lr, "mode": self.mode,
+                "lambda_min": self.lambda_min, "lambda_max": self.lambda_max}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore λ (clipped into the current [lambda_min, lambda_max]) and the step count."""
+        if "lam" not in state:
+            raise ValueError("DualController state is missing the field 'lam'")
+        lam = float(state["lam"])
+        if not math.isfinite(lam):
+            raise ValueError(f"DualController state has a non-finite 'lam': {lam}")
+        self.lam = min(max(lam, self.lambda_min), self.lambda_max)
+        self.num_updates = int(state.get("num_updates", 0))
+        self.last_ratio_var = state.get("last_ratio_var")
+
+    def __repr__(self) -> str:
+        return (f"DualController(lam={self.lam:.6g}, target={self.target}, lr={self.lr}, mode={self.mode!r}, "
+                f"lambda_min={self.lambda_min}, lambda_max={self.lambda_max})")
