@@ -1,4 +1,4 @@
-"""r2vpo-ascend: RL fine-tuning of LLMs with R²VPO on Ascend NPU, CUDA and CPU.
+"""r2vpo-ascend: RL fine-tuning of LLMs with R²VPO on Ascend, NVIDIA GPUs and the CPU.
 
     from r2vpo_ascend import R2VPOTrainer, R2VPOConfig
 

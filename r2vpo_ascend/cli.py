@@ -63,21 +63,21 @@ def cmd_plot(args) -> int:
 def cmd_info(args) -> int:
     backend = device.current()
     versions = {}
-    for dist in ("torch", "transformers", "r2vpo-ascend", "math-verify", "deepspeed", "vllm", "torch-npu",
-                 "vllm-ascend"):
+    for dist in ("torch", "transformers", "r2vpo-ascend", "math-verify", "deepspeed", "vllm"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
     info = {"backend": backend.name, "device": str(backend.device), "dist_backend": backend.dist_backend,
             "device_count": backend.device_count(), "default_dtype": str(backend.default_dtype),
-            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "versions": {**versions, **device.hardware_versions()}}
     print(json.dumps(info, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="r2vpo", description="R²VPO RL fine-tuning for LLMs (Ascend NPU, CUDA, CPU)")
+    parser = argparse.ArgumentParser(prog="r2vpo", description="R²VPO RL fine-tuning for LLMs (Ascend, NVIDIA GPUs, CPU)")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy; config from YAML and/or key=value overrides")
     train.add_argument("--config", help="YAML config file (see configs/)")
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    device.prepare_runtime_env()  # hardware runtime variables, before the first device operation
     try:
         return args.func(args)
     except _user_errors() as e:

@@ -72,3 +72,10 @@ def test_parse_overrides():
     assert parse_overrides(["a=1", "b=x", "c=[1,2]", "d="]) == {"a": 1, "b": "x", "c": [1, 2], "d": None}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_yaml12_scalars():
+    """`off`/`yes` stay strings (YAML 1.1 would make them booleans) and `1e-4` is a float."""
+    assert parse_overrides(["a=off", "b=1e-4", "c=true", "d=yes", "e=-2e3"]) == \
+        {"a": "off", "b": 1e-4, "c": True, "d": "yes", "e": -2000.0}
+    assert R2VPOConfig.from_dict(parse_overrides(["progress_bar=off"])).progress_bar == "off"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (`progress_bar: off` stays a string) and
+    `1e-4` is a float (YAML 1.1 wants a dot)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 class ConfigError(ValueError):
@@ -88,8 +108,10 @@ class R2VPOConfig:
                           ("additive", "multiplicative", "none"))
     lambda_max: float = _f(100.0, "Upper bound on λ.")
     lambda_min: float = _f(0.0, "Lower bound on λ.")
-    clip_eps_low: float = _f(0.2, "ε (lower) for the clipping baselines (`ppo_clip`, `clip_higher`, `gspo`).")
-    clip_eps_high: float | None = _f(None, "ε (upper); default 0.2 for ppo_clip, 0.28 for clip_higher (DAPO).")
+    clip_eps_low: float | None = _f(None, "ε (lower) of the clipping baselines; default per loss: 0.2 for "
+                                    "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
+    clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
+                                     "`clip_higher` (DAPO), 4e-4 for `gspo`.")
     kl_coef: float = _f(0.0, "β of the KL(π_θ‖π_ref) penalty (0 disables the reference model).")
     kl_estimator: str = _f("k3", "KL estimator: `k1`, `k2` or `k3`.", ("k1", "k2", "k3"))
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (subtracted from the loss).")
@@ -184,7 +206,7 @@ class R2VPOConfig:
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         try:
-            values = yaml.safe_load(text) or {}
+            values = load_yaml(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(values, dict):
@@ -220,7 +242,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+            out[key.strip()] = load_yaml(raw) if raw != "" else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out

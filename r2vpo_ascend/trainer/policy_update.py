@@ -16,9 +16,7 @@ import random
 
 import torch
 
-from r2vpo_ascend.algos import (
-    DualController, LossReduction, RatioStats, compute_policy_loss, kl_penalty, policy_ratio, ratio_step_metrics,
-)
+from r2vpo_ascend.algos import DualController, LossReduction, compute_policy_loss, kl_penalty, policy_ratio
 from r2vpo_ascend.replay import Rollout, replay_metrics
 from r2vpo_ascend.trainer.batch import collate, pad_right
 from r2vpo_ascend.trainer.config import R2VPOConfig
@@ -53,7 +51,8 @@ class PolicyUpdater:
         random.Random(cfg.seed * 1_000_003 + current_version).shuffle(order)  # mix fresh/replayed
         minis = [order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)]
         per_step = [self._optimizer_step(mini, current_version) for mini in minis if mini]
-        metrics = {k: sum(m[k] for m in per_step) / len(per_step) for k in per_step[0]}
+        keys = dict.fromkeys(k for m in per_step for k in m)  # buckets may differ between mini-batches
+        metrics = {k: sum(m[k] for m in per_step if k in m) / sum(k in m for m in per_step) for k in keys}
         metrics["r2vpo/lambda"] = self.dual.lam  # after the last dual step
         return metrics
 
@@ -69,8 +68,8 @@ class PolicyUpdater:
         lam = self.dual.lam
         reduction = LossReduction(global_tokens=n_tokens, global_seqs=n_seqs, center_value=center,
                                   all_reduce=engine.all_reduce_sum if engine.world_size > 1 else None)
-        stats = RatioStats.empty()
-        kept, totals = [], {"loss/policy": 0.0, "kl/ref": 0.0, "entropy/mean": 0.0, "clip/frac": 0.0}
+        stats, kept = None, []
+        sums = {"loss/policy": 0.0, "entropy/mean": 0.0}
         for chunk in micro:
             tensors = self._tensors(chunk)
             log_probs, entropy = engine.log_probs(tensors["batch"], temperature=cfg.temperature, with_entropy=True)
@@ -79,34 +78,29 @@ class PolicyUpdater:
             advantages = tensors["advantages"].to(log_probs.device)
             loss, m = compute_policy_loss(cfg.loss, log_probs, old, advantages, mask, cfg, lam=lam,
                                           reduction=reduction)
-            totals["loss/policy"] += float(m["loss/policy"])
-            totals["clip/frac"] += float(m.get("clip/frac", 0.0)) * float(mask.sum()) / n_tokens
-            totals["entropy/mean"] += float((entropy.detach() * mask).sum()) / n_tokens
+            stats = m["_stats"] if stats is None else stats.merge(m["_stats"])
+            for key in m:  # loss terms are partial sums of the global loss: they add up
+                if key.startswith(("loss/", "r2vpo/pg_loss", "r2vpo/var_penalty")):
+                    sums[key] = sums.get(key, 0.0) + float(m[key])
+            sums["entropy/mean"] += float((entropy.detach() * mask).sum()) / n_tokens
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * (entropy * mask).sum() / n_tokens
             if self.ref_model is not None:
                 kl = kl_penalty(log_probs, self._ref_log_probs(tensors["batch"]).to(log_probs.device),
                                 kind=cfg.kl_estimator)
                 kl_term = (kl * mask).sum() / n_tokens
-                totals["kl/ref"] += float(kl_term)
+                sums["kl/ref"] = sums.get("kl/ref", 0.0) + float(kl_term.detach())
                 loss = loss + cfg.kl_coef * kl_term
             engine.backward(loss)
-            ratio = policy_ratio(log_probs.detach(), old, mask, ratio_level=cfg.ratio_level)
-            stats = stats.merge(RatioStats.of(ratio, mask))
-            kept.append((ratio.cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
+            ratio = policy_ratio(log_probs.detach(), old, mask.bool(), cfg.ratio_level)
+            kept.append((ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
         grad_norm = engine.step()
-        stats = stats.all_reduce(engine.all_reduce_sum) if engine.world_size > 1 else stats
-        ratio_var = stats.variance(center=cfg.center)
-        self.dual.update(ratio_var)  # the dual step, on the global V̂, λ identical on every rank
+        ratio_var = stats.variance()           # global V̂ over the whole mini-batch
+        self.dual.update(ratio_var)            # the dual step: identical λ on every rank
 
         ratio, advantages, mask, staleness = _concat(kept)
-        c = stats.mean() if cfg.center == "mean" else 1.0
-        metrics = {**totals, "grad_norm": grad_norm}
-        if self.ref_model is None:
-            metrics.pop("kl/ref")
-        metrics.update(ratio_step_metrics(ratio, advantages, mask, lam=lam, center_value=c, stats=stats,
-                                          ratio_var=ratio_var))
-        metrics.update(replay_metrics(ratio, advantages, mask, staleness, lam=lam, center_value=c))
+        metrics = {**sums, **stats.to_metrics(), "grad_norm": grad_norm}
+        metrics.update(replay_metrics(ratio, advantages, mask, staleness, lam=lam, center_value=stats.center_value()))
         return metrics
 
     # ---- helpers -------------------------------------------------------------------------
@@ -128,17 +122,16 @@ class PolicyUpdater:
 
     @torch.no_grad()
     def _global_ratio_mean(self, micro: list[list[Rollout]]) -> float:
-        stats = RatioStats.empty()
+        sums = torch.zeros(2, dtype=torch.float64)  # Σ m·ρ, Σ m
         for chunk in micro:
             tensors = self._tensors(chunk)
             log_probs, _ = self.engine.log_probs(tensors["batch"], temperature=self.config.temperature)
-            mask = tensors["mask"].to(log_probs.device)
+            mask = tensors["mask"].to(log_probs.device).bool()
             old = self._old_log_probs(chunk, log_probs, tensors["T"]).to(log_probs.device)
-            stats = stats.merge(RatioStats.of(policy_ratio(log_probs, old, mask,
-                                                           ratio_level=self.config.ratio_level), mask))
-        if self.engine.world_size > 1:
-            stats = stats.all_reduce(self.engine.all_reduce_sum)
-        return stats.mean()
+            ratio = policy_ratio(log_probs, old, mask, self.config.ratio_level)
+            sums += torch.stack([(ratio * mask).sum(), mask.sum()]).double().cpu()
+        sums = self.engine.all_reduce_sum(sums)
+        return float(sums[0] / sums[1].clamp(min=1))
 
     @torch.no_grad()
     def _ref_log_probs(self, batch) -> torch.Tensor:
