@@ -64,7 +64,10 @@ class R2VPOConfig:
                     "`float32`, `bfloat16`, `float16`.", ("auto", "float32", "bfloat16", "float16"))
     dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), a built-in benchmark name, a "
                       ".jsonl/.json/.parquet file or directory, or a Hugging Face dataset name.")
+    dataset_split: str = _f("train", "Split of `dataset` to train on (built-in benchmarks ship only `test`, and "
+                            "gsm8k also `train_sample`; training on a test split must be asked for by name).")
     dataset_size: int = _f(2000, "Number of problems generated for the built-in `arithmetic` task.")
+    arithmetic_ops: list = _f(["+", "-"], "Operators of the built-in `arithmetic` task (subset of + - *).")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
     problem_key: str = _f("problem", "Dataset column holding the problem text.")
     answer_key: str = _f("answer", "Dataset column holding the reference answer.")

@@ -25,12 +25,13 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
     if source == "arithmetic":
         if split == "train":
             records = make_arithmetic_dataset(config.dataset_size, seed=config.seed,
-                                              max_digits=config.arithmetic_max_digits)
+                                              max_digits=config.arithmetic_max_digits, ops=config.arithmetic_ops)
         else:  # a disjoint held-out split: other seed, training problems removed
             seen = {r["problem"] for r in make_arithmetic_dataset(config.dataset_size, seed=config.seed,
-                                                                    max_digits=config.arithmetic_max_digits)}
+                                                                    max_digits=config.arithmetic_max_digits,
+                                                                    ops=config.arithmetic_ops)}
             pool = make_arithmetic_dataset(4 * config.eval_size + len(seen), seed=config.seed + 7919,
-                                           max_digits=config.arithmetic_max_digits)
+                                           max_digits=config.arithmetic_max_digits, ops=config.arithmetic_ops)
             records = [r for r in pool if r["problem"] not in seen][:config.eval_size]
             if len(records) < config.eval_size:
                 raise ConfigError(f"`eval_size` {config.eval_size} is more than the held-out arithmetic problems "
@@ -38,7 +39,7 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
         template = config.prompt_template or ARITHMETIC_TEMPLATE
     else:
         records = load_problems(source, problem_key=config.problem_key, answer_key=config.answer_key,
-                                split="train" if split == "train" else "test",
+                                split=config.dataset_split if split == "train" else "test",
                                 limit=None if split == "train" else config.eval_size)
         template = config.prompt_template
     return [dict(r, prompt=r["prompt"] if "prompt" in r else

@@ -1,0 +1,58 @@
+"""Look reward functions up by name: ``get_reward_fn("math_verify", timeout_s=5.0)``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from functools import partial
+from typing import Any, Callable
+
+from r2vpo_ascend.rewards.arithmetic import ArithmeticReward
+from r2vpo_ascend.rewards.format import FormatReward
+from r2vpo_ascend.rewards.math_reward import MathVerifyReward
+
+REWARD_FNS: dict[str, Callable[..., Any]] = {
+    "math_verify": MathVerifyReward,
+    "arithmetic": ArithmeticReward,
+    "format": FormatReward,
+}
+
+
+def _import_user_fn(spec: str, kwargs: dict[str, Any]) -> Callable:
+    target = spec[len("python:") :]
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward function {spec!r}: expected 'python:module.path:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"reward function {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if inspect.isclass(obj):
+        return obj(**kwargs)
+    if not callable(obj):
+        raise ValueError(f"reward function {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
+    if kwargs:
+        fn = partial(obj, **kwargs)
+        fn.__name__ = getattr(obj, "__name__", attr)  # type: ignore[attr-defined]
+        return fn
+    return obj
+
+
+def get_reward_fn(name: str, **kwargs: Any) -> Callable:
+    """Build a reward function with the signature ``fn(prompts, completions, **columns) -> list[float]``.
+
+    ``name`` is one of ``REWARD_FNS`` (``"math_verify"``, ``"arithmetic"``, ``"format"``), whose
+    class is built with ``kwargs``, or ``"python:module.path:function"`` for a user function
+    (a class found there is built with ``kwargs``; a function gets them bound as keywords).
+    """
+    if name.startswith("python:"):
+        return _import_user_fn(name, kwargs)
+    if name not in REWARD_FNS:
+        known = ", ".join(sorted(REWARD_FNS))
+        raise ValueError(f"unknown reward function {name!r}; known names: {known}, or 'python:module.path:function'")
+    return REWARD_FNS[name](**kwargs)
