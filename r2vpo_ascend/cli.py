@@ -1,6 +1,8 @@
-"""The `r2vpo` command: `train`, `plot`, `info`.
+"""The `r2vpo` command: `train`, `eval`, `plot`, `info`.
 
     r2vpo train --config configs/tiny_cpu.yaml lr=1e-4 steps=50
+    r2vpo train --config configs/pangu7b_r2vpo.yaml --print-config model=/ckpt   # resolved YAML, no model
+    r2vpo eval --model runs/tiny/final --bench gsm8k,math500 --n 4 --out results.json
     r2vpo plot runs/tiny
     r2vpo info
 """
@@ -29,8 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_train(args) -> int:
-    from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
-    from r2vpo_ascend.trainer.config import parse_overrides
+    from r2vpo_ascend.trainer.config import R2VPOConfig, parse_overrides
     if args.help_config:
         print(R2VPOConfig.describe())
         return 0
@@ -38,7 +39,11 @@ def cmd_train(args) -> int:
         config = R2VPOConfig.from_yaml(args.config, args.overrides)
     else:
         config = R2VPOConfig.from_dict(parse_overrides(args.overrides), source="command line")
+    if args.print_config:
+        print(config.to_yaml(), end="", flush=True)
+        return 0
     print(f"[config] {config.to_dict()}", flush=True)
+    from r2vpo_ascend.api import R2VPOTrainer
     result = R2VPOTrainer(config=config).train()
     print(f"[done] {result.steps} steps, {result.rollouts} rollouts, outputs in {result.output_dir}")
     if result.first_eval and result.last_eval:
@@ -52,6 +57,11 @@ def cmd_train(args) -> int:
         except ImportError as e:
             print(f"[plot] skipped: {e}")
     return 0
+
+
+def cmd_eval(args) -> int:
+    from r2vpo_ascend.evaluation.bench import main_from_args
+    return main_from_args(args)
 
 
 def cmd_plot(args) -> int:
@@ -68,10 +78,12 @@ def cmd_info(args) -> int:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
+    from r2vpo_ascend.models.presets import MODEL_PRESETS
     info = {"backend": backend.name, "device": str(backend.device), "dist_backend": backend.dist_backend,
             "device_count": backend.device_count(), "default_dtype": str(backend.default_dtype),
             "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {**versions, **device.hardware_versions()}}
+            "versions": {**versions, **device.hardware_versions()},
+            "model_presets": sorted(MODEL_PRESETS)}
     print(json.dumps(info, indent=2))
     return 0
 
@@ -83,8 +95,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config file (see configs/)")
     train.add_argument("--help-config", action="store_true", help="list every config field with its help")
     train.add_argument("--no-plot", action="store_true", help="do not write training_curves.png at the end")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the fully resolved config as YAML and exit (loads no model)")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 steps=20")
     train.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="accuracy (avg@n) and pass@n on math benchmarks, with the training verifier")
+    ev.add_argument("--model", required=True, help="checkpoint directory, `tiny` or `pangu-tiny`")
+    ev.add_argument("--bench", default="gsm8k,math500,aime24,aime25",
+                    help="comma-separated: gsm8k, math500, aime24, aime25, arithmetic, or data files "
+                         "(default: %(default)s)")
+    ev.add_argument("--n", type=int, default=1, help="samples per problem; 1 = greedy (default: %(default)s)")
+    ev.add_argument("--limit", type=int, default=None, help="first K problems of each benchmark")
+    ev.add_argument("--max-new-tokens", type=int, default=1024, help="response length cap (default: %(default)s)")
+    ev.add_argument("--temperature", type=float, default=0.6,
+                    help="sampling temperature when n > 1 (default: %(default)s)")
+    ev.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling when n > 1 (default: %(default)s)")
+    ev.add_argument("--max-prompt-length", type=int, default=4096, help="prompt tokens kept, from the right")
+    ev.add_argument("--engine", choices=("auto", "vllm", "hf"), default="auto",
+                    help="generation engine: vLLM when available (auto), or HF generate (default: %(default)s)")
+    ev.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=64, help="prompts x n per HF generate call")
+    ev.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    ev.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code")
+    ev.add_argument("--template", default=None, help="prompt template with {problem} (default: the training one)")
+    ev.add_argument("--system-prompt", default=None)
+    ev.add_argument("--verify-timeout", type=float, default=5.0, help="seconds per math verification")
+    ev.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra VLLMEngine argument, repeatable (e.g. gpu_memory_utilization=0.8)")
+    ev.add_argument("--out", default=None, help="write the results (with every completion) to this JSON file")
+    ev.set_defaults(func=cmd_eval)
     plot = sub.add_parser("plot", help="plot reward, λ, ratio variance, ESS and length of a run")
     plot.add_argument("run_dir")
     plot.add_argument("--out", default=None)
