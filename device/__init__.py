@@ -33,6 +33,7 @@ from device.backend import (
 )
 from device.distributed import (
     DistInfo,
+    all_gather_objects,
     all_reduce_sum,
     barrier,
     destroy_distributed,
@@ -46,6 +47,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "DistInfo",
+    "all_gather_objects",
     "all_reduce_sum",
     "apply_ascend_env",
     "apply_fused_patches",

@@ -18,6 +18,7 @@ import importlib
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 from datetime import timedelta
 
 import torch
@@ -104,6 +105,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order; `[obj]` without a group.
+
+    Used for small host-side data (rollouts for the replicated replay buffer, RNG states
+    for checkpoints); tensors inside are moved to the CPU first so any backend can carry them.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -126,6 +126,13 @@ class ReplayBuffer:
         self._generator.set_state(state["generator_state"])
 
 
+def replay_count(num_fresh: int, replay_ratio: float) -> int:
+    """How many replayed samples go with ``num_fresh`` fresh ones: round(n·r/(1 − r))."""
+    if not 0.0 <= replay_ratio < 1.0:
+        raise ValueError(f"replay_ratio must be in [0, 1), got {replay_ratio}")
+    return math.floor(num_fresh * replay_ratio / (1.0 - replay_ratio) + 0.5 + 1e-9)  # round half up
+
+
 def mix_batch(fresh: list[Rollout], buffer: ReplayBuffer, replay_ratio: float, current_version: int) -> list[Rollout]:
     """The update batch: all ``fresh`` rollouts, then replayed ones from ``buffer``.
 
@@ -133,9 +140,5 @@ def mix_batch(fresh: list[Rollout], buffer: ReplayBuffer, replay_ratio: float, c
     n_replay = round(len(fresh)·r/(1 − r)) (fewer if the buffer holds fewer). Call it
     BEFORE ``buffer.add(fresh)`` so a fresh sample is not replayed in its own step.
     """
-    if not 0.0 <= replay_ratio < 1.0:
-        raise ValueError(f"replay_ratio must be in [0, 1), got {replay_ratio}")
-    if replay_ratio == 0.0:
-        return list(fresh)
-    n_replay = math.floor(len(fresh) * replay_ratio / (1.0 - replay_ratio) + 0.5 + 1e-9)  # round half up
-    return list(fresh) + buffer.sample(n_replay, current_version)
+    n_replay = replay_count(len(fresh), replay_ratio)
+    return list(fresh) + (buffer.sample(n_replay, current_version) if n_replay else [])

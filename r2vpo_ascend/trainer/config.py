@@ -148,8 +148,9 @@ class R2VPOConfig:
     save_every: int = _f(0, "Checkpoint every N RL steps (0: only at the end).")
     keep_checkpoints: int = _f(2, "Number of checkpoints kept on disk.")
     resume: str = _f("auto", "`auto` (resume from the newest checkpoint in output_dir if any), `never`, or a path.")
-    engine: str = _f("single", "Training engine: `single` (one process, CPU or one device) or `deepspeed`.",
-                     ("single", "deepspeed"))
+    engine: str = _f("native", "Training engine: `native` (plain PyTorch: one process on the CPU or one device, or "
+                     "data parallel over torchrun processes with gradients summed by all-reduce) or `deepspeed` "
+                     "(ZeRO stage from `deepspeed_config`).", ("native", "deepspeed"))
     deepspeed_config: str | None = _f(None, "DeepSpeed JSON config (ZeRO stage etc.) for engine=deepspeed.")
     report_to: list = _f(["jsonl"], "Loggers: any of `jsonl` (always on), `tensorboard`, `wandb`.")
     wandb_project: str = _f("r2vpo-ascend", "W&B project name when report_to has `wandb`.")

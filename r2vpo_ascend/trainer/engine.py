@@ -1,9 +1,13 @@
 """Training engines: who owns the model, the optimiser and the gradient reduction.
 
-The loop talks to an engine through `TrainingEngine`; `SingleProcessEngine` is one process on
-the CPU or one device. Losses reaching `backward` are already normalised by GLOBAL token /
-sequence counts (see `algos.LossReduction`), so gradients are summed, never averaged, over
-micro-batches and ranks; a data-parallel engine must sum across ranks (or undo its mean).
+The loop talks to an engine through `TrainingEngine`. `NativeEngine` is plain PyTorch: one
+process on the CPU or one device, or data parallel over torchrun processes (every rank holds
+the whole model; gradients are summed by one all-reduce before the step). DeepSpeed ZeRO
+lives in `trainer/deepspeed_engine.py` behind the same protocol.
+
+Losses reaching `backward` are already normalised by GLOBAL token / sequence counts (see
+`algos.LossReduction`), so gradients are SUMMED, never averaged, over micro-batches and
+ranks; an engine whose framework averages over ranks must undo that mean.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import math
 from typing import Protocol
 
 import torch
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+import device
 from r2vpo_ascend.trainer.batch import TokenBatch
 from r2vpo_ascend.trainer.config import R2VPOConfig
 from r2vpo_ascend.trainer.logprobs import response_log_probs
@@ -45,14 +51,18 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, t
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class SingleProcessEngine:
-    """One process: the model on `backend.device`, AdamW, a warm-up/decay schedule, grad clipping."""
+class NativeEngine:
+    """Plain PyTorch: the model on `backend.device`, AdamW, a warm-up/decay schedule, grad clipping.
 
-    rank = 0
-    world_size = 1
+    With several processes each rank keeps a full replica; `step` sums the gradients over
+    ranks (one flat all-reduce per dtype) so replicas stay identical.
+    """
 
-    def __init__(self, model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype):
+    def __init__(self, model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
+                 dist: device.DistInfo | None = None):
         self.backend = backend
+        self.rank = dist.rank if dist else 0
+        self.world_size = dist.world_size if dist else 1
         self.model = model.to(device=backend.device, dtype=dtype)
         self.model.train()
         self.config = config
@@ -72,6 +82,8 @@ class SingleProcessEngine:
     def step(self) -> float:
         """Clip, step, advance the schedule, clear grads; returns the pre-clip gradient norm."""
         params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.world_size > 1:
+            self._sum_gradients_over_ranks(params)
         if self.config.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         else:
@@ -85,8 +97,20 @@ class SingleProcessEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def _sum_gradients_over_ranks(self, params: list[torch.nn.Parameter]) -> None:
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in params:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = device.all_reduce_sum(_flatten_dense_tensors(grads))
+            for grad, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                grad.copy_(summed)
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values
+        """Sum over ranks (identity in one process); returns a tensor on `values`' device."""
+        if self.world_size == 1:
+            return values
+        return device.all_reduce_sum(values.to(self.backend.device)).to(values.device)
 
     @property
     def lr(self) -> float:
@@ -100,3 +124,12 @@ class SingleProcessEngine:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def make_engine(model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
+                dist: device.DistInfo) -> TrainingEngine:
+    """The engine `config.engine` names: `native` (plain PyTorch, data parallel over ranks) or `deepspeed`."""
+    if config.engine == "deepspeed":
+        from r2vpo_ascend.trainer.deepspeed_engine import DeepSpeedEngine
+        return DeepSpeedEngine(model, config, backend, dtype, dist)
+    return NativeEngine(model, config, backend, dtype, dist)

@@ -9,6 +9,12 @@
       → metrics.jsonl, evaluation, checkpoint
 
 Everything hardware-specific sits behind `backend` (the `device` package) and the engines.
+
+With several processes (torchrun), every rank draws the same global batch of prompts and
+generates for its share; advantages are computed on the gathered global rewards, and every
+rank keeps the same replay buffer (fresh rollouts are gathered into it) and draws the same
+replayed samples, taking its share. The update therefore sees exactly the global batch a
+single process would, split over ranks.
 """
 
 from __future__ import annotations
@@ -21,14 +27,14 @@ import torch
 
 import device
 from r2vpo_ascend.algos import DualController, compute_advantages
-from r2vpo_ascend.replay import ReplayBuffer, Rollout, mix_batch
+from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count
 from r2vpo_ascend.rewards import validate_rewards
 from r2vpo_ascend.data import PromptSampler
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.engine import SingleProcessEngine
+from r2vpo_ascend.trainer.engine import make_engine
 from r2vpo_ascend.trainer.evaluation import evaluate
 from r2vpo_ascend.trainer.loggers import MetricsLogger
 from r2vpo_ascend.trainer.policy_update import PolicyUpdater
@@ -65,9 +71,12 @@ class R2VPOTrainer:
         self.config = config = config or R2VPOConfig()
         self.backend = backend or device.current()
         self.dist = device.init_distributed(self.backend)
+        if config.prompts_per_step % self.dist.world_size:
+            raise ConfigError(f"config field `prompts_per_step` ({config.prompts_per_step}) must be a multiple of "
+                              f"the number of processes ({self.dist.world_size})")
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.backend.manual_seed(config.seed)
+        self.backend.manual_seed(config.seed + self.dist.rank)  # ranks sample different responses
         dtype = resolve_dtype(config, self.backend)
         if model is None or isinstance(model, (str, Path)):
             model, loaded_tok = load_model_and_tokenizer(str(model or config.model), tokenizer=config.tokenizer,
@@ -77,7 +86,8 @@ class R2VPOTrainer:
         if tokenizer is None:
             raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
         self.tokenizer = tokenizer
-        self.engine = SingleProcessEngine(model, config, self.backend, dtype)
+        self.fused_ops = device.apply_fused_patches(self.backend)  # the backend's fused kernels, if any
+        self.engine = make_engine(model, config, self.backend, dtype, self.dist)
         self.rollout_engine = rollout_engine or HFGenerateEngine(self.engine.model, tokenizer)
         self.reward_fn = reward_fn or resolve_reward_fn(config)
         self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
@@ -121,7 +131,7 @@ class R2VPOTrainer:
         start_state = self._snapshot()  # what an error before the update restores
         t0 = time.perf_counter()
         try:
-            records = next(self.sampler)
+            records = next(self.sampler)[self.dist.rank::self.dist.world_size]  # this rank's prompts
             fresh = self.rollout(records)                                   # G responses per prompt
             t_gen = time.perf_counter() - t0
             reward_metrics = self.score(fresh, records)                     # reward per response
@@ -129,24 +139,25 @@ class R2VPOTrainer:
         except Exception:
             self._save(step - 1, override=start_state)  # nothing is lost: resume retries this step
             raise
-        self.buffer.evict_stale(self.version)
-        batch = mix_batch(fresh, self.buffer, cfg.replay_ratio, self.version)  # fresh + replayed
-        self.buffer.add(fresh)
+        batch = fresh + self.replayed_share(len(fresh))                     # fresh + replayed
         t1 = time.perf_counter()
         update_metrics = self.updater.update(batch, current_version=self.version)  # loss, step, dual step
+        self.buffer.add(self._gather_global(fresh))                         # replayable from next step
         self.version += 1                                                   # a new policy version ...
         self.rollout_engine.sync_weights(self.engine.model)                 # ... pushed to the engine
-        self.step, self.rollouts = step, self.rollouts + len(fresh)
         t_update = time.perf_counter() - t1
 
-        tokens = sum(len(r.response_ids) for r in fresh)
+        counts = self.engine.all_reduce_sum(torch.tensor(
+            [len(fresh), sum(len(r.response_ids) for r in fresh), sum(not r.extras["finished"] for r in fresh)],
+            dtype=torch.float64))
+        n_fresh, tokens, truncated = counts.tolist()
+        self.step, self.rollouts = step, self.rollouts + int(n_fresh)
         metrics = {"rollouts": self.rollouts, **reward_metrics, **update_metrics,
-                   "response_length/mean": tokens / len(fresh),
-                   "response_length/truncated_frac": sum(not r.extras["finished"] for r in fresh) / len(fresh),
+                   "response_length/mean": tokens / n_fresh, "response_length/truncated_frac": truncated / n_fresh,
                    "replay/buffer_size": len(self.buffer), "lr": self.engine.lr,
                    "perf/time_generate_s": t_gen, "perf/time_update_s": t_update,
                    "perf/time_step_s": time.perf_counter() - t0,
-                   "perf/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+                   "perf/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),  # all ranks
                    "perf/max_memory_gb": self.backend.max_memory_gb()}
         if cfg.eval_every > 0 and self.eval_records and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics.update(self._evaluate(step=None))
@@ -180,9 +191,10 @@ class R2VPOTrainer:
             for g in group:
                 fresh.append(Rollout(prompt_ids=g.prompt_ids, response_ids=g.response_ids, old_log_probs=None,
                                      reward=0.0, advantage=0.0, version=self.version,
-                                     group_id=self.next_group_id + i, prompt_index=None,
+                                     group_id=self.next_group_id + self.dist.rank + i * self.dist.world_size,
+                                     prompt_index=None,
                                      extras={"finished": g.finished}))
-        self.next_group_id += len(records)
+        self.next_group_id += len(records) * self.dist.world_size
         if not self.updater.fills_behaviour_log_probs:
             self.updater.behaviour_log_probs(fresh)
         return fresh
@@ -197,18 +209,54 @@ class R2VPOTrainer:
                                    len(fresh), getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__))
         for rollout, reward in zip(fresh, rewards):
             rollout.reward = float(reward)
-        rewards_t = torch.tensor(rewards)
+        rewards_t = self._global_rewards(fresh)
         metrics = {"reward/mean": rewards_t.mean().item(), "reward/std": rewards_t.std(unbiased=False).item(),
                    "reward/solved_frac": (rewards_t > 0.5).float().mean().item()}
         metrics.update(getattr(self.reward_fn, "last_metrics", None) or {})
         return metrics
 
     def assign_advantages(self, fresh: list[Rollout]) -> None:
-        """Group-normalised advantages, computed once at collection time and stored with the sample."""
-        rewards = torch.tensor([r.reward for r in fresh], dtype=torch.float32)
+        """Group-normalised advantages, computed once at collection time and stored with the sample.
+
+        Computed on the GLOBAL batch's rewards (gathered from every rank), so a group's baseline
+        is the same whichever rank generated it.
+        """
+        rewards = self._global_rewards(fresh)
         advantages = compute_advantages(self.config.advantage, rewards, self.config.num_generations)
-        for rollout, adv in zip(fresh, advantages.tolist()):
-            rollout.advantage = adv
+        for rollout, slot in zip(fresh, self._global_slots(len(fresh))):
+            rollout.advantage = float(advantages[slot])
+
+    def replayed_share(self, num_fresh: int) -> list[Rollout]:
+        """This rank's share of the replayed samples. Every rank holds the same buffer and RNG, so
+        all draw the same global sample (sized for the global fresh count, cut to a multiple of
+        the number of ranks so shares are equal) and each takes every world_size-th one."""
+        world, rank = self.dist.world_size, self.dist.rank
+        self.buffer.evict_stale(self.version)
+        wanted = replay_count(num_fresh * world, self.config.replay_ratio)
+        replayed = self.buffer.sample(wanted, self.version) if wanted else []
+        replayed = replayed[:len(replayed) - len(replayed) % world]
+        return replayed[rank::world]
+
+    # ---- rank bookkeeping: local samples ↔ positions in the global batch -------------------
+    def _global_slots(self, num_local: int) -> list[int]:
+        """Global batch index of each local sample (prompts are dealt to ranks round-robin)."""
+        G, world, rank = self.config.num_generations, self.dist.world_size, self.dist.rank
+        return [(rank + (i // G) * world) * G + i % G for i in range(num_local)]
+
+    def _global_rewards(self, fresh: list[Rollout]) -> torch.Tensor:
+        rewards = torch.zeros(len(fresh) * self.dist.world_size, dtype=torch.float64)
+        rewards[self._global_slots(len(fresh))] = torch.tensor([r.reward for r in fresh], dtype=torch.float64)
+        return self.engine.all_reduce_sum(rewards).float()
+
+    def _gather_global(self, fresh: list[Rollout]) -> list[Rollout]:
+        """Every rank's fresh rollouts in global batch order (a no-op in one process)."""
+        if self.dist.world_size == 1:
+            return fresh
+        per_rank = device.all_gather_objects(fresh)
+        G, world = self.config.num_generations, self.dist.world_size
+        num_prompts = sum(len(f) for f in per_rank) // G
+        return [r for j in range(num_prompts)
+                for r in per_rank[j % world][(j // world) * G:(j // world + 1) * G]]
 
     # ---- warm start, evaluation ---------------------------------------------------------
     def _sft_warm_start(self) -> None:
@@ -232,22 +280,26 @@ class R2VPOTrainer:
 
     # ---- checkpoints --------------------------------------------------------------------
     def _snapshot(self) -> dict:
-        return {"rng": self.backend.rng_state(), "sampler": self.sampler.state_dict()}
+        return {"rng": [self.backend.rng_state()], "sampler": self.sampler.state_dict()}
 
     def state_dict(self) -> dict:
+        """Collective with several processes (each rank's RNG state is gathered): call on all ranks."""
         return {"engine": self.engine.state_dict(), "dual": self.dual.state_dict(),
                 "buffer": self.buffer.state_dict(), "sampler": self.sampler.state_dict(),
-                "rng": self.backend.rng_state(), "config": self.config.to_dict(),
+                "rng": device.all_gather_objects(self.backend.rng_state()), "config": self.config.to_dict(),
                 "trainer": {"step": self.step, "version": self.version, "rollouts": self.rollouts,
                             "next_group_id": self.next_group_id, "sft_done": self.sft_done,
                             "first_eval": self.first_eval}}
 
     def _save(self, step: int, override: dict | None = None) -> None:
-        if not self.dist.is_main or (step == 0 and not self.sft_done):
+        if step == 0 and not self.sft_done:
             return
-        state = self.state_dict()
-        state.update(override or {})
-        save_checkpoint(self.output_dir, step, state, keep=self.config.keep_checkpoints)
+        if override is not None and self.dist.world_size > 1:
+            return  # an error on one rank: no collective can be trusted; the last checkpoint stands
+        state = self.state_dict()  # on every rank: it gathers their RNG states
+        if self.dist.is_main:
+            state.update(override or {})
+            save_checkpoint(self.output_dir, step, state, keep=self.config.keep_checkpoints)
 
     def _maybe_resume(self) -> bool:
         cfg = self.config
@@ -261,7 +313,11 @@ class R2VPOTrainer:
         self.dual.load_state_dict(state["dual"])
         self.buffer.load_state_dict(state["buffer"])
         self.sampler.load_state_dict(state["sampler"])
-        self.backend.set_rng_state(state["rng"])
+        rng = state["rng"]
+        if len(rng) != self.dist.world_size:
+            print(f"[resume] checkpoint has RNG states of {len(rng)} processes, this run has "
+                  f"{self.dist.world_size}: sampling will not replay exactly", flush=True)
+        self.backend.set_rng_state(rng[self.dist.rank % len(rng)])
         t = state["trainer"]
         self.step, self.version, self.rollouts = t["step"], t["version"], t["rollouts"]
         self.next_group_id, self.sft_done, self.first_eval = t["next_group_id"], t["sft_done"], t["first_eval"]
