@@ -13,7 +13,7 @@ install_requires = [
     "pyyaml>=6",
     "numpy",
     "tqdm",
-    "math-verify[antlr4_13_2]>=0.7",
+    "math-verify>=0.7",
 ]
 
 extras = {

@@ -86,6 +86,9 @@ class R2VPOConfig:
     # ---- rollout ------------------------------------------------------------------------
     rollout_engine: str = _f("hf", "Rollout engine: `hf` (transformers generate, always available) or `vllm`.",
                              ("hf", "vllm"))
+    vllm_gpu_memory_utilization: float = _f(0.5, "Share of accelerator memory vLLM may take (rollout_engine=vllm).")
+    vllm_sleep_mode: bool = _f(True, "Let vLLM free its memory while the trainer updates (rollout_engine=vllm; "
+                               "no-op on CPU).")
     prompts_per_step: int = _f(8, "Prompts sampled per RL step.")
     num_generations: int = _f(8, "Responses per prompt (G, the GRPO group size).")
     max_prompt_length: int = _f(512, "Prompts longer than this (tokens) are truncated from the left.")

@@ -88,7 +88,7 @@ class R2VPOTrainer:
         self.tokenizer = tokenizer
         self.fused_ops = device.apply_fused_patches(self.backend)  # the backend's fused kernels, if any
         self.engine = make_engine(model, config, self.backend, dtype, self.dist)
-        self.rollout_engine = rollout_engine or HFGenerateEngine(self.engine.model, tokenizer)
+        self.rollout_engine = rollout_engine or self._make_rollout_engine()
         self.reward_fn = reward_fn or resolve_reward_fn(config)
         self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
             else prompt_records(config, tokenizer, split="train")
@@ -105,6 +105,17 @@ class R2VPOTrainer:
         self.step = self.version = self.rollouts = self.next_group_id = 0
         self.sft_done = config.sft_steps == 0
         self.first_eval = self.last_eval = None
+
+    def _make_rollout_engine(self):
+        cfg, model = self.config, self.engine.model
+        if cfg.rollout_engine == "vllm":
+            from r2vpo_ascend.rollout.vllm import VLLMEngine
+            return VLLMEngine(model, self.tokenizer, dtype="auto", seed=cfg.seed + self.dist.rank,
+                              max_model_len=min(cfg.max_prompt_length + cfg.max_new_tokens,
+                                                model.config.max_position_embeddings),
+                              gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                              enable_sleep_mode=cfg.vllm_sleep_mode)
+        return HFGenerateEngine(model, self.tokenizer)
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -265,6 +276,7 @@ class R2VPOTrainer:
                                 lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, seed=cfg.seed,
                                 device=self.backend.device)
         self.sft_done = True
+        self.rollout_engine.sync_weights(self.engine.model)  # an engine with its own copy must see them
         if self.dist.is_main:
             print(f"[sft] {cfg.sft_steps} warm-start steps: loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
 
