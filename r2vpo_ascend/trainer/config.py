@@ -68,6 +68,7 @@ class R2VPOConfig:
                             "gsm8k also `train_sample`; training on a test split must be asked for by name).")
     dataset_size: int = _f(2000, "Number of problems generated for the built-in `arithmetic` task.")
     arithmetic_ops: list = _f(["+", "-"], "Operators of the built-in `arithmetic` task (subset of + - *).")
+    arithmetic_terms: int = _f(2, "Operands per problem of the built-in `arithmetic` task.")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
     problem_key: str = _f("problem", "Dataset column holding the problem text.")
     answer_key: str = _f("answer", "Dataset column holding the reference answer.")
@@ -154,7 +155,12 @@ class R2VPOConfig:
     engine: str = _f("native", "Training engine: `native` (plain PyTorch: one process on the CPU or one device, or "
                      "data parallel over torchrun processes with gradients summed by all-reduce) or `deepspeed` "
                      "(ZeRO stage from `deepspeed_config`).", ("native", "deepspeed"))
-    deepspeed_config: str | None = _f(None, "DeepSpeed JSON config (ZeRO stage etc.) for engine=deepspeed.")
+    deepspeed_config: str | None = _f(None, "DeepSpeed JSON config (ZeRO stage etc.) for engine=deepspeed; the "
+                                      "engine fills in batch size, accumulation, clipping and precision (see "
+                                      "docs/distributed.md).")
+    collective_timeout_s: float = _f(1800.0, "Process-group timeout in seconds with several processes: a collective "
+                                     "that waits longer (a rank died or hangs) fails the job instead of hanging it. "
+                                     "Keep it above the longest step (generation + update + checkpoint).")
     report_to: list = _f(["jsonl"], "Loggers: any of `jsonl` (always on), `tensorboard`, `wandb`.")
     wandb_project: str = _f("r2vpo-ascend", "W&B project name when report_to has `wandb`.")
     progress_bar: str = _f("auto", "Progress bar: `auto` (only on a terminal), `on`, `off`.", ("auto", "on", "off"))
@@ -180,6 +186,8 @@ class R2VPOConfig:
                 raise ConfigError(f"config field `{name}` must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.replay_ratio < 1.0:
             raise ConfigError(f"config field `replay_ratio` must be in [0, 1), got {self.replay_ratio}")
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(f"config field `collective_timeout_s` must be > 0 seconds, got {self.collective_timeout_s}")
         if self.temperature <= 0:
             raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
         if self.ratio_var_target <= 0:

@@ -33,8 +33,9 @@ class TrainingEngine(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> float: ...
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor: ...
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict: ...  # collective with several processes: call on every rank
     def load_state_dict(self, state: dict) -> None: ...
+    def save_pretrained(self, directory) -> None: ...  # collective: the full model, rank 0 writes
 
 
 def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
@@ -124,6 +125,11 @@ class NativeEngine:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_pretrained(self, directory) -> None:
+        """The model in Hugging Face format; rank 0 writes (every replica is the same)."""
+        if self.rank == 0:
+            self.model.save_pretrained(directory)
 
 
 def make_engine(model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,

@@ -7,11 +7,19 @@ gradient is that of the loss on the whole mini-batch, whatever the micro-batch s
 number of ranks. The variance centre c is the global mean ratio: computed inside the loss
 when a mini-batch is one micro-batch per rank, else by a no-grad pre-pass. After each
 optimiser step the dual variable λ takes one step on the global V̂ (R2VPO_SPEC "Dual step").
+
+With several processes each rank passes its share of the update batch and each sample's
+position in the global batch. The mini-batch split is drawn over global positions, so mini-
+batch k holds the same samples whatever the number of ranks; ranks whose share of a mini-
+batch needs fewer micro-batches run empty "padding" micro-batches (a masked-out row: no loss,
+no gradient), because every micro-batch is a round of collectives (the loss's all-reduces,
+and, under ZeRO-3, the weight all-gathers of its forward and backward).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import torch
@@ -30,8 +38,9 @@ class PolicyUpdater:
         # log-probs, so the separate no-grad pass is skipped (same numbers, a third less compute).
         self.fills_behaviour_log_probs = config.updates_per_step == 1
         self.ref_model = None
-        if config.kl_coef > 0:
-            self.ref_model = copy.deepcopy(engine.model).eval().requires_grad_(False)
+        if config.kl_coef > 0:  # an engine that partitions its weights (ZeRO-3) keeps a full copy for this
+            self.ref_model = engine.frozen_copy() if hasattr(engine, "frozen_copy") else \
+                copy.deepcopy(engine.model).eval().requires_grad_(False)
 
     # ---- behaviour log-probs --------------------------------------------------------------
     @torch.no_grad()
@@ -44,32 +53,65 @@ class PolicyUpdater:
                 r.old_log_probs = row[:len(r.response_ids)].clone()
 
     # ---- update -------------------------------------------------------------------------
-    def update(self, batch: list[Rollout], *, current_version: int) -> dict:
-        cfg = self.config
+    def update(self, batch: list[Rollout], *, current_version: int, positions: list[int] | None = None) -> dict:
+        """`updates_per_step` optimiser steps (each followed by a dual step) on `batch`.
+
+        `positions[i]`: index of `batch[i]` in the global batch (all ranks' samples in the order
+        one process would hold them). Default: this rank's samples dealt round-robin
+        (`rank + i·world_size`); in one process, the batch order.
+        """
+        cfg, engine = self.config, self.engine
         self._current_version = current_version
-        order = list(batch)
-        random.Random(cfg.seed * 1_000_003 + current_version).shuffle(order)  # mix fresh/replayed
-        minis = [order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)]
-        per_step = [self._optimizer_step(mini, current_version) for mini in minis if mini]
+        world, rank = engine.world_size, engine.rank
+        if positions is None:
+            positions = [rank + i * world for i in range(len(batch))]
+        if len(positions) != len(batch):
+            raise ValueError(f"update: {len(positions)} positions for {len(batch)} samples")
+        num_global = len(batch) if world == 1 else \
+            int(engine.all_reduce_sum(torch.tensor([float(len(batch))], dtype=torch.float64)).item())
+        # One shuffle of the GLOBAL batch (mixes fresh and replayed), cut into mini-batches.
+        order = list(range(num_global))
+        random.Random(cfg.seed * 1_000_003 + current_version).shuffle(order)
+        local = dict(zip(positions, batch))
+        if len(local) != len(batch) or not all(0 <= p < num_global for p in local):
+            raise ValueError(f"update: positions must be distinct indices below the global batch size {num_global}")
+        minis = [[local[p] for p in order[i::cfg.updates_per_step] if p in local]
+                 for i in range(cfg.updates_per_step)]
+        num_micro = self._micro_batch_counts(minis)  # per mini-batch, the same on every rank
+        per_step = [self._optimizer_step(mini, current_version, n) for mini, n in zip(minis, num_micro) if n]
         keys = dict.fromkeys(k for m in per_step for k in m)  # buckets may differ between mini-batches
         metrics = {k: sum(m[k] for m in per_step if k in m) / sum(k in m for m in per_step) for k in keys}
         metrics["r2vpo/lambda"] = self.dual.lam  # after the last dual step
         return metrics
 
-    def _optimizer_step(self, mini: list[Rollout], current_version: int) -> dict:
+    def _micro_batch_counts(self, minis: list[list[Rollout]]) -> list[int]:
+        """Micro-batches per mini-batch: the most any rank needs for its share (0: empty everywhere)."""
+        size = self.config.micro_batch_size
+        counts = [-(-len(mini) // size) for mini in minis]
+        if self.engine.world_size == 1:
+            return counts
+        table = torch.zeros(self.engine.world_size, len(minis), dtype=torch.float64)
+        table[self.engine.rank] = torch.tensor(counts, dtype=torch.float64)
+        return [int(c) for c in self.engine.all_reduce_sum(table).max(dim=0).values.tolist()]
+
+    def _optimizer_step(self, mini: list[Rollout], current_version: int, num_micro: int) -> dict:
         cfg, engine = self.config, self.engine
         micro = list(_chunks(mini, cfg.micro_batch_size))
+        micro += [[self._padding_row()] for _ in range(num_micro - len(micro))]
         counts = engine.all_reduce_sum(torch.tensor([float(sum(len(r.response_ids) for r in mini)),
                                                      float(len(mini))], dtype=torch.float64))
         n_tokens, n_seqs = counts.tolist()
         center = None
-        if cfg.center == "mean" and len(micro) > 1:
+        if cfg.center == "mean" and num_micro > 1:
             center = self._global_ratio_mean(micro)
         lam = self.dual.lam
         reduction = LossReduction(global_tokens=n_tokens, global_seqs=n_seqs, center_value=center,
                                   all_reduce=engine.all_reduce_sum if engine.world_size > 1 else None)
         stats, kept = None, []
-        sums = {"loss/policy": 0.0, "entropy/mean": 0.0}
+        sums = {"loss/policy": 0.0}  # already global (the loss all-reduces its metrics)
+        local = {"entropy/mean": 0.0}  # this rank's partial sums: all-reduced below
+        if self.ref_model is not None:
+            local["kl/ref"] = 0.0
         for chunk in micro:
             tensors = self._tensors(chunk)
             log_probs, entropy = engine.log_probs(tensors["batch"], temperature=cfg.temperature, with_entropy=True)
@@ -82,28 +124,44 @@ class PolicyUpdater:
             for key in m:  # loss terms are partial sums of the global loss: they add up
                 if key.startswith(("loss/", "r2vpo/pg_loss", "r2vpo/var_penalty")):
                     sums[key] = sums.get(key, 0.0) + float(m[key])
-            sums["entropy/mean"] += float((entropy.detach() * mask).sum()) / n_tokens
+            local["entropy/mean"] += float((entropy.detach() * mask).sum()) / n_tokens
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * (entropy * mask).sum() / n_tokens
             if self.ref_model is not None:
                 kl = kl_penalty(log_probs, self._ref_log_probs(tensors["batch"]).to(log_probs.device),
                                 kind=cfg.kl_estimator)
                 kl_term = (kl * mask).sum() / n_tokens
-                sums["kl/ref"] = sums.get("kl/ref", 0.0) + float(kl_term.detach())
+                local["kl/ref"] += float(kl_term.detach())
                 loss = loss + cfg.kl_coef * kl_term
             engine.backward(loss)
-            ratio = policy_ratio(log_probs.detach(), old, mask.bool(), cfg.ratio_level)
-            kept.append((ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
+            if not chunk[0].extras.get("padding"):
+                ratio = policy_ratio(log_probs.detach(), old, mask.bool(), cfg.ratio_level)
+                kept.append((ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
         grad_norm = engine.step()
         ratio_var = stats.variance()           # global V̂ over the whole mini-batch
         self.dual.update(ratio_var)            # the dual step: identical λ on every rank
 
-        ratio, advantages, mask, staleness = _concat(kept)
-        metrics = {**sums, **stats.to_metrics(), "grad_norm": grad_norm}
-        metrics.update(replay_metrics(ratio, advantages, mask, staleness, lam=lam, center_value=stats.center_value()))
+        if engine.world_size > 1:  # one collective: the partial sums, and each rank's max ρ in its own slot
+            slots = torch.zeros(engine.world_size, dtype=torch.float64)
+            slots[engine.rank] = stats.ratio_max
+            summed = engine.all_reduce_sum(torch.cat([torch.tensor(list(local.values()), dtype=torch.float64),
+                                                      slots]))
+            local = dict(zip(local, summed[:len(local)].tolist()))
+            stats = dataclasses.replace(stats, ratio_max=float(summed[len(local):].max()))
+        metrics = {**sums, **local, **stats.to_metrics(), "grad_norm": grad_norm}
+        if kept:  # replay diagnostics are over this rank's share (reweighter.py)
+            ratio, advantages, mask, staleness = _concat(kept)
+            metrics.update(replay_metrics(ratio, advantages, mask, staleness, lam=lam,
+                                          center_value=stats.center_value()))
         return metrics
 
     # ---- helpers -------------------------------------------------------------------------
+    def _padding_row(self) -> Rollout:
+        """A one-token prompt with an empty response: its mask is all zero, so it adds nothing to
+        the loss, the counts or the gradient, but its forward/backward joins the collectives."""
+        return Rollout(prompt_ids=[self.pad_id], response_ids=[], old_log_probs=torch.zeros(0), reward=0.0,
+                       advantage=0.0, version=self._current_version, group_id=-1, extras={"padding": True})
+
     def _tensors(self, chunk: list[Rollout]) -> dict:
         batch = collate([r.prompt_ids for r in chunk], [r.response_ids for r in chunk], self.pad_id)
         return {"batch": batch, "mask": batch.response_mask, "T": batch.response_ids.shape[1],

@@ -14,11 +14,13 @@ With several processes (torchrun), every rank draws the same global batch of pro
 generates for its share; advantages are computed on the gathered global rewards, and every
 rank keeps the same replay buffer (fresh rollouts are gathered into it) and draws the same
 replayed samples, taking its share. The update therefore sees exactly the global batch a
-single process would, split over ranks.
+single process would, split over ranks; each sample carries its global position, so the
+mini-batch split is that of one process too (docs/distributed.md).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +72,7 @@ class R2VPOTrainer:
                  config: R2VPOConfig | None = None, *, eval_dataset=None, backend=None, rollout_engine=None):
         self.config = config = config or R2VPOConfig()
         self.backend = backend or device.current()
-        self.dist = device.init_distributed(self.backend)
+        self.dist = device.init_distributed(self.backend, timeout_s=config.collective_timeout_s)
         if config.prompts_per_step % self.dist.world_size:
             raise ConfigError(f"config field `prompts_per_step` ({config.prompts_per_step}) must be a multiple of "
                               f"the number of processes ({self.dist.world_size})")
@@ -94,7 +96,11 @@ class R2VPOTrainer:
             else prompt_records(config, tokenizer, split="train")
         self.eval_records = _as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
             else (prompt_records(config, tokenizer, split="eval") if config.eval_every > 0 else [])
-        self.sampler = PromptSampler(self.train_records, config.prompts_per_step, seed=config.seed)
+        if len(self.train_records) < config.prompts_per_step:
+            raise ConfigError(f"the training set has {len(self.train_records)} prompts, fewer than "
+                              f"prompts_per_step={config.prompts_per_step}")
+        # Whole batches only: every step has the same global batch size (and equal shares per rank).
+        self.sampler = PromptSampler(self.train_records, config.prompts_per_step, seed=config.seed, drop_last=True)
         self.buffer = ReplayBuffer(config.replay_capacity, config.max_staleness, seed=config.seed)
         self.dual = DualController(config.init_lambda, config.ratio_var_target, config.dual_lr,
                                    mode=config.dual_update, lambda_max=config.lambda_max,
@@ -132,6 +138,14 @@ class R2VPOTrainer:
                 self.first_eval = self._evaluate(step=0)
             for step in range(self.step + 1, cfg.steps + 1):
                 self._run_step(step)
+        except Exception as e:
+            if self.dist.world_size > 1:  # say which rank and step; the others fail in their next collective
+                print(f"[rank {self.dist.rank}] step {self.step + 1} failed: {type(e).__name__}: {e}\n"
+                      f"[rank {self.dist.rank}] with {self.dist.world_size} processes, one that dies or hangs makes "
+                      f"the others' collectives fail (after collective_timeout_s={cfg.collective_timeout_s:g} s "
+                      f"at most); the first failure in the launcher's report is the cause. Resume restarts from "
+                      f"the last checkpoint.", file=sys.stderr, flush=True)
+            raise
         finally:
             self.logger.close()
         self._save_final_model()
@@ -150,9 +164,11 @@ class R2VPOTrainer:
         except Exception:
             self._save(step - 1, override=start_state)  # nothing is lost: resume retries this step
             raise
-        batch = fresh + self.replayed_share(len(fresh))                     # fresh + replayed
+        replayed = self.replayed_share(len(fresh))
+        batch = fresh + replayed                                            # fresh + replayed
         t1 = time.perf_counter()
-        update_metrics = self.updater.update(batch, current_version=self.version)  # loss, step, dual step
+        update_metrics = self.updater.update(batch, current_version=self.version,   # loss, step, dual step
+                                             positions=self._global_positions(len(fresh), len(replayed)))
         self.buffer.add(self._gather_global(fresh))                         # replayable from next step
         self.version += 1                                                   # a new policy version ...
         self.rollout_engine.sync_weights(self.engine.model)                 # ... pushed to the engine
@@ -239,13 +255,12 @@ class R2VPOTrainer:
 
     def replayed_share(self, num_fresh: int) -> list[Rollout]:
         """This rank's share of the replayed samples. Every rank holds the same buffer and RNG, so
-        all draw the same global sample (sized for the global fresh count, cut to a multiple of
-        the number of ranks so shares are equal) and each takes every world_size-th one."""
+        all draw the same global sample (sized for the global fresh count, as one process would)
+        and each takes every world_size-th one; shares may differ by one sample (the update pads)."""
         world, rank = self.dist.world_size, self.dist.rank
         self.buffer.evict_stale(self.version)
         wanted = replay_count(num_fresh * world, self.config.replay_ratio)
         replayed = self.buffer.sample(wanted, self.version) if wanted else []
-        replayed = replayed[:len(replayed) - len(replayed) % world]
         return replayed[rank::world]
 
     # ---- rank bookkeeping: local samples ↔ positions in the global batch -------------------
@@ -253,6 +268,12 @@ class R2VPOTrainer:
         """Global batch index of each local sample (prompts are dealt to ranks round-robin)."""
         G, world, rank = self.config.num_generations, self.dist.world_size, self.dist.rank
         return [(rank + (i // G) * world) * G + i % G for i in range(num_local)]
+
+    def _global_positions(self, num_fresh: int, num_replayed: int) -> list[int]:
+        """Index of each local update sample (fresh, then replayed share) in the global batch
+        one process would build: all fresh rollouts in global order, then the replay sample."""
+        world, rank = self.dist.world_size, self.dist.rank
+        return self._global_slots(num_fresh) + [num_fresh * world + rank + j * world for j in range(num_replayed)]
 
     def _global_rewards(self, fresh: list[Rollout]) -> torch.Tensor:
         rewards = torch.zeros(len(fresh) * self.dist.world_size, dtype=torch.float64)
@@ -339,11 +360,10 @@ class R2VPOTrainer:
         return True
 
     def _save_final_model(self) -> None:
-        if not self.dist.is_main:
-            return
         final = self.output_dir / "final"
-        self.engine.model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
+        self.engine.save_pretrained(final)  # on every rank: ZeRO-3 gathers the weights
+        if self.dist.is_main:
+            self.tokenizer.save_pretrained(final)
 
 
 def _as_records(dataset, name: str) -> list[dict]:
