@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
@@ -23,19 +24,7 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
     """Records with a `prompt` string plus every dataset column (`answer`, ...), for `split`."""
     source = config.dataset if split == "train" else (config.eval_dataset or config.dataset)
     if source == "arithmetic":
-        if split == "train":
-            records = make_arithmetic_dataset(config.dataset_size, seed=config.seed,
-                                              max_digits=config.arithmetic_max_digits, ops=config.arithmetic_ops)
-        else:  # a disjoint held-out split: other seed, training problems removed
-            seen = {r["problem"] for r in make_arithmetic_dataset(config.dataset_size, seed=config.seed,
-                                                                    max_digits=config.arithmetic_max_digits,
-                                                                    ops=config.arithmetic_ops)}
-            pool = make_arithmetic_dataset(4 * config.eval_size + len(seen), seed=config.seed + 7919,
-                                           max_digits=config.arithmetic_max_digits, ops=config.arithmetic_ops)
-            records = [r for r in pool if r["problem"] not in seen][:config.eval_size]
-            if len(records) < config.eval_size:
-                raise ConfigError(f"`eval_size` {config.eval_size} is more than the held-out arithmetic problems "
-                                  f"left ({len(records)}); lower eval_size or dataset_size")
+        records = arithmetic_split(config, split)
         template = config.prompt_template or ARITHMETIC_TEMPLATE
     else:
         records = load_problems(source, problem_key=config.problem_key, answer_key=config.answer_key,
@@ -45,6 +34,24 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
     return [dict(r, prompt=r["prompt"] if "prompt" in r else
                  build_prompt(tokenizer, r["problem"], system_prompt=config.system_prompt, template=template))
             for r in records]
+
+
+def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
+    """Disjoint train / held-out splits of the built-in task, drawn from ONE pool of distinct
+    problems so that both follow the same distribution (filtering training problems out of a
+    second sample would leave a held-out set short of the easy, often-repeated problems)."""
+    wanted = config.dataset_size + config.eval_size
+    pool = make_arithmetic_dataset(4 * wanted, seed=config.seed, max_digits=config.arithmetic_max_digits,
+                                   ops=config.arithmetic_ops, num_terms=config.arithmetic_terms)
+    distinct = list({r["problem"]: r for r in pool}.values())
+    random.Random(config.seed).shuffle(distinct)
+    if len(distinct) < wanted:
+        raise ConfigError(f"the arithmetic task has only {len(distinct)} distinct problems with "
+                          f"arithmetic_max_digits={config.arithmetic_max_digits}, arithmetic_terms={config.arithmetic_terms} "
+                          f"and ops={config.arithmetic_ops}; "
+                          f"lower dataset_size + eval_size ({wanted})")
+    eval_size = config.eval_size if config.eval_every > 0 else 0
+    return distinct[eval_size:eval_size + config.dataset_size] if split == "train" else distinct[:eval_size]
 
 
 def resolve_reward_fn(config: R2VPOConfig) -> Callable[..., list[float]]:
