@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from device.kernels import chunked_token_log_probs, naive_token_log_probs, token_log_probs
-from device.kernels.logprobs_chunked import MIN_VOCAB_TILE, make_plan
+from device.kernels.logprobs_chunked import MIN_VOCAB_TILE, chunked_log_probs, make_plan
 
 IGNORE = -100
 
@@ -125,6 +125,34 @@ def test_ignored_positions_give_zero_value_and_no_gradient():
     torch.testing.assert_close(log_probs[kept], full_lp[kept], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("upcast", [True, False])
+def test_kernel_masks_ignored_rows_itself(upcast):
+    """On accelerators ignored rows are not dropped before the kernel: its own masking must hold."""
+    hidden, weight, bias, labels = _inputs(21, 70, 8, dtype=torch.bfloat16 if not upcast else torch.float32, bias=True)
+    labels[[0, 9, 20]] = IGNORE
+    plan = make_plan(21, 70, 8, weight_dtype=weight.dtype, chunk_size=8, vocab_chunk_size=16, tile_bytes=1 << 20,
+                     upcast_matmul=upcast, with_entropy=True)  # fmt: skip
+
+    def kernel(h, w, y, lm_head_bias, return_entropy, **_):
+        return chunked_log_probs(h, w, lm_head_bias, y, plan=plan, temperature=0.9, ignore_index=IGNORE, return_entropy=return_entropy)
+
+    got = _run(kernel, hidden, weight, bias, labels, return_entropy=True)
+    want = _run(naive_token_log_probs, hidden, weight, bias, labels, return_entropy=True, temperature=0.9)
+    # not upcasting = bf16 GEMMs, as on an accelerator: bf16-level agreement
+    _assert_matches(got, want, atol=1e-4 if upcast else 5e-2, rtol=0 if upcast else 2e-2)
+    assert not got[0][0][[0, 9, 20]].any() and not got[1][0][[0, 9, 20]].any()
+
+
+@pytest.mark.parametrize("n", [0, 6])
+def test_all_positions_ignored_or_no_tokens(n):
+    hidden, weight, bias, _ = _inputs(max(n, 1), 20, 4, bias=True)
+    hidden = hidden[:n]
+    labels = torch.full((n,), IGNORE)
+    (log_probs, entropy), grads = _run(token_log_probs, hidden, weight, bias, labels, return_entropy=True, chunk_size=4)
+    assert log_probs.shape == (n,) and not log_probs.any() and not entropy.any()
+    assert all(not g.any() for g in grads)
+
+
 def test_custom_ignore_index_and_labels_on_tile_edges():
     hidden, weight, _, _ = _inputs(8, 64, 8)
     labels = torch.tensor([0, 15, 16, 31, 32, 63, 47, 7])  # tile edges with vocab tiles of 16
@@ -172,6 +200,23 @@ def test_frozen_head_and_frozen_hidden():
         assert token_log_probs(hidden, weight, labels).requires_grad is False
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_head_backward_needs_no_matmul(dtype):
+    hidden, weight, bias, labels = _inputs(30, 90, 8, dtype=dtype, bias=True)
+    labels[4] = IGNORE
+    h = hidden.clone().requires_grad_()
+    log_probs = token_log_probs(h, weight, labels, lm_head_bias=bias, temperature=1.3, chunk_size=7, vocab_chunk_size=32)
+    ops = _OpNames()
+    with ops:
+        (grad,) = torch.autograd.grad((log_probs * torch.linspace(-1, 2, 30)).sum(), h)
+    assert not {"mm", "addmm", "addmm_"} & ops.names
+    h_ref = hidden.float().clone().requires_grad_()
+    ref = naive_token_log_probs(h_ref, weight.float(), labels, lm_head_bias=bias.float(), temperature=1.3)
+    (want,) = torch.autograd.grad((ref * torch.linspace(-1, 2, 30)).sum(), h_ref)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(grad.float(), want, atol=1e-4, rtol=0 if dtype == torch.float32 else 2**-8)
+
+
 def test_impl_choices_agree_and_default_tiling():
     hidden, weight, _, labels = _inputs(33, 3000, 16)
     want = naive_token_log_probs(hidden, weight, labels, return_entropy=True)
@@ -196,6 +241,18 @@ class _LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.numel = max(self.numel, t.numel())
         return out
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the names of the aten ops that run (e.g. "mm", "exp_")."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
 
 
 def test_full_logits_are_never_materialised():

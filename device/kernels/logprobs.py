@@ -45,13 +45,15 @@ def token_log_probs(
     impl: str = "auto",
     vocab_chunk_size: int | None = None,
 ) -> Result:
-    """log softmax(h Wᵀ + b)/T at each label, without materialising the `[N, V]` logits.
+    """log_softmax(z)[label] with z = (h Wᵀ + b) / T, without materialising the `[N, V]` logits.
 
     hidden_states `[..., H]` (any float dtype), lm_head_weight `[V, H]`, labels `[...]` (int),
-    lm_head_bias `[V]` or None. Returns float32 log-probs shaped like `labels`, and with
-    `return_entropy` also the entropy H = lse(z) − Σ softmax(z)·z of z = logits / T.
+    lm_head_bias `[V]` or None. Returns float32 log-probs shaped like `labels` (float64 for
+    float64 inputs), and with `return_entropy` also the entropy H = logsumexp(z) − Σ softmax(z)·z.
     Positions where `labels == ignore_index` give 0 (log-prob and entropy) and no gradient.
-    Differentiable w.r.t. hidden_states, lm_head_weight and lm_head_bias, through both outputs.
+    Differentiable w.r.t. hidden_states, lm_head_weight and lm_head_bias, through both outputs
+    (not twice). With a frozen head (weight and bias not requiring grad) and no entropy, the
+    forward also computes ∂/∂h's only GEMM, so the backward is elementwise.
 
     chunk_size: token rows per chunk. vocab_chunk_size: vocabulary columns per tile; None picks
     it from a per-backend memory budget (CPU: CPU_TILE_BYTES). impl: "auto" (by device type),
@@ -72,9 +74,8 @@ def token_log_probs(
     if impl == "naive":
         log_probs, entropy = _naive(hidden, weight, bias, flat_labels, temperature, ignore_index, return_entropy)
     else:
-        plan = _plan(hidden, weight, chunk_size, vocab_chunk_size, return_entropy, reference=impl == "chunked")
-        log_probs, entropy = chunked_log_probs(
-            hidden, weight, bias, flat_labels, plan=plan, temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy
+        log_probs, entropy = _chunked_on_kept_rows(
+            hidden, weight, bias, flat_labels, chunk_size, vocab_chunk_size, temperature, ignore_index, return_entropy, impl
         )
     log_probs = log_probs.view(labels.shape)
     return (log_probs, entropy.view(labels.shape)) if return_entropy else log_probs
@@ -90,6 +91,29 @@ def naive_token_log_probs(hidden_states: torch.Tensor, lm_head_weight: torch.Ten
     kwargs.pop("chunk_size", None)
     kwargs.pop("vocab_chunk_size", None)
     return token_log_probs(hidden_states, lm_head_weight, labels, **kwargs, impl="naive")
+
+
+def _chunked_on_kept_rows(hidden, weight, bias, labels, chunk_size, vocab_chunk_size, temperature, ignore_index, return_entropy, impl):
+    """The chunked implementation; on CPU, rows whose label is ignore_index (prompt, padding)
+    are dropped before any GEMM and get their zeros back after. On accelerators they are computed
+    and masked instead: finding them would make the host wait for the device."""
+    kept = None
+    if hidden.device.type == "cpu":
+        keep = labels != ignore_index
+        if not bool(keep.all()):
+            kept = keep.nonzero().squeeze(1)
+            hidden, labels = hidden.index_select(0, kept), labels.index_select(0, kept)
+    plan = _plan(hidden, weight, chunk_size, vocab_chunk_size, return_entropy, reference=impl == "chunked")
+    log_probs, entropy = chunked_log_probs(
+        hidden, weight, bias, labels, plan=plan, temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy
+    )
+    if kept is None:
+        return log_probs, entropy
+    n = keep.numel()
+    log_probs = log_probs.new_zeros(n).index_copy(0, kept, log_probs)
+    if return_entropy:
+        entropy = entropy.new_zeros(n).index_copy(0, kept, entropy)
+    return log_probs, entropy
 
 
 def _naive(hidden, weight, bias, labels, temperature, ignore_index, return_entropy):
@@ -146,6 +170,9 @@ def _check_inputs(hidden, weight, labels, bias, *, temperature, chunk_size, voca
         raise ValueError(f"labels shape {tuple(labels.shape)} must equal hidden_states shape without the last dim {tuple(hidden.shape[:-1])}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    devices = {t.device for t in (hidden, weight, labels, bias) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"hidden_states, lm_head_weight, labels and lm_head_bias must be on one device, got {sorted(map(str, devices))}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"lm_head_bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
     if not temperature > 0:

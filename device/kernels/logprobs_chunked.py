@@ -29,7 +29,6 @@ from typing import Callable
 
 import torch
 
-_MiB = 1 << 20
 # A tile is at least this many vocabulary columns: smaller GEMMs lose efficiency.
 MIN_VOCAB_TILE = 256
 
@@ -89,6 +88,9 @@ class _Options:
     temperature: float
     ignore_index: int
     return_entropy: bool
+    # Frozen LM head (only ∂h needed, no entropy): the forward also accumulates E_p[W] = Σ p_k W_k
+    # ([N, H]) so the backward is ∂h = g (W_y − E_p[W]) / T with no GEMM and no recompute.
+    hidden_grad_in_forward: bool = False
 
 
 class _Tiles:
@@ -173,6 +175,10 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
         run_ent = torch.zeros(n, dtype=acc, device=dev) if opts.return_entropy else None  # Σ e^{z−m}(z−m)
         label_logit = torch.zeros(n, dtype=acc, device=dev)
         scratch = tiles.scratch() if opts.return_entropy else None
+        expected_w = low = None  # Σ_k e^{z_k−m} W_k, rebased like S; divided by S at the end
+        if opts.hidden_grad_in_forward:
+            expected_w = torch.zeros(n, hidden.shape[1], dtype=acc, device=dev)
+            low = tiles.scratch(tiles.mm_dtype) if tiles.mm_dtype != acc else None
 
         for v0, v1 in tiles.vocab_ranges:
             w_tile = tiles.weight_tile(v0, v1)
@@ -188,6 +194,10 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
                 z.sub_(shift.unsqueeze(1))  # u = z − m'
                 if run_ent is None:
                     tile_sum = z.exp_().sum(dim=1)
+                    if expected_w is not None:
+                        rows = expected_w[r0:r1].mul_(rescale.unsqueeze(1))
+                        e = z if low is None else tile_view(low, r1 - r0, v1 - v0).copy_(z)
+                        _accumulate_mm(rows, e, w_tile, first=False, plan=tiles.plan)
                 else:
                     q = torch.exp(z, out=tile_view(scratch, r1 - r0, v1 - v0))
                     tile_sum = q.sum(dim=1)
@@ -208,6 +218,13 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
             entropy = torch.empty(0, dtype=acc, device=dev)
 
         ctx.opts = opts
+        ctx.hidden_dtype = hidden.dtype
+        if expected_w is not None:
+            expected_w.div_(run_sum.unsqueeze(1))
+            ctx.save_for_backward(weight, safe_labels, valid, expected_w)
+            ctx.set_materialize_grads(False)
+            ctx.mark_non_differentiable(entropy)
+            return log_probs, entropy
         ctx.save_for_backward(hidden, weight, bias, safe_labels, valid, lse, entropy)
         ctx.set_materialize_grads(False)
         if run_ent is None:
@@ -217,6 +234,8 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_probs, grad_entropy):
+        if ctx.opts.hidden_grad_in_forward:
+            return _hidden_grad_from_forward(ctx, grad_log_probs)
         hidden, weight, bias, labels, valid, lse, entropy = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
@@ -233,7 +252,7 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
             scratch = tiles.scratch()
 
         grad_h = torch.empty(n, hsize, dtype=acc, device=dev) if need_h else None  # sums over tiles
-        grad_w = torch.empty_like(weight) if need_w else None
+        grad_w = (torch.empty_like(weight) if n > 0 else torch.zeros_like(weight)) if need_w else None  # no rows: no tiles
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=dev) if need_b else None
         # ∂W of a tile sums over row chunks: straight into grad_w when it has the accumulation
         # dtype, else into an accumulation-dtype tile copied out when the tile is done.
@@ -273,6 +292,16 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None
 
 
+def _hidden_grad_from_forward(ctx, grad_log_probs):
+    """∂h = g (W_y − Σ_k p_k W_k) / T from what the forward saved (frozen LM head)."""
+    weight, labels, valid, expected_w = ctx.saved_tensors
+    if grad_log_probs is None:
+        return None, None, None, None, None
+    g = torch.where(valid, grad_log_probs.to(expected_w.dtype), torch.zeros((), dtype=expected_w.dtype, device=valid.device))
+    grad_h = weight.index_select(0, labels).to(expected_w.dtype).sub_(expected_w).mul_((g / ctx.opts.temperature).unsqueeze(1))
+    return grad_h.to(ctx.hidden_dtype), None, None, None, None
+
+
 def _accumulate_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, first: bool, plan: ChunkPlan) -> None:
     """out = a @ b (first) or out += a @ b; operands in `out`'s dtype, or both low precision."""
     if a.dtype == out.dtype:
@@ -298,5 +327,12 @@ def chunked_log_probs(
     return_entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the autograd function on 2-D hidden `[N, H]`, weight `[V, H]`, labels `[N]`."""
-    opts = _Options(plan=plan, temperature=float(temperature), ignore_index=int(ignore_index), return_entropy=return_entropy)
+    frozen_head = not weight.requires_grad and not (bias is not None and bias.requires_grad)
+    opts = _Options(
+        plan=plan,
+        temperature=float(temperature),
+        ignore_index=int(ignore_index),
+        return_entropy=return_entropy,
+        hidden_grad_in_forward=torch.is_grad_enabled() and hidden.requires_grad and frozen_head and not return_entropy,
+    )
     return ChunkedTokenLogProbs.apply(hidden, weight, bias, labels, opts)
