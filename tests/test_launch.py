@@ -33,13 +33,13 @@ def test_dry_run_single_node_prints_config_and_torchrun_command():
     # the resolved config: the YAML's values with the overrides applied
     for line in ("model: /ckpt/openPangu-Embedded-7B", "dataset: /data/math_train.jsonl", "steps: 3",
                  "lr: 2.0e-06", "num_generations: 4", "loss: r2vpo", "max_new_tokens: 8192", "engine: deepspeed",
-                 "deepspeed_config: configs/deepspeed/zero3.json"):
+                 "deepspeed_config: configs/deepspeed/zero2.json"):
         assert f"    {line}\n" in out, line
     cmd = command_line(out)
     assert "torchrun" in cmd and "--nnodes=1" in cmd and "--nproc_per_node=1" in cmd and "--standalone" in cmd
     assert "-m r2vpo_ascend.cli train --config configs/pangu7b_r2vpo.yaml" in cmd
     assert "model=/ckpt/openPangu-Embedded-7B dataset=/data/math_train.jsonl steps=3 lr=2e-6" in cmd
-    assert "engine=deepspeed deepspeed_config=configs/deepspeed/zero3.json" in cmd
+    assert "engine=deepspeed deepspeed_config=configs/deepspeed/zero2.json" in cmd
     assert "backend=cpu" in out and "--dry-run: not starting" in out
 
 
