@@ -26,20 +26,21 @@ def command_line(out: str) -> str:
 
 
 def test_dry_run_single_node_prints_config_and_torchrun_command():
+    # engine=native: torchrun whether or not DeepSpeed is installed (the test extra installs it)
     res = run_script("train_pangu7b.sh", "--dry-run", "MODEL_PATH=/ckpt/openPangu-Embedded-7B",
-                     "DATA=/data/math_train.jsonl", "steps=3", "lr=2e-6", "num_generations=4")
+                     "DATA=/data/math_train.jsonl", "steps=3", "lr=2e-6", "num_generations=4", "engine=native")
     assert res.returncode == 0, res.stderr
     out = res.stdout
     # the resolved config: the YAML's values with the overrides applied
     for line in ("model: /ckpt/openPangu-Embedded-7B", "dataset: /data/math_train.jsonl", "steps: 3",
-                 "lr: 2.0e-06", "num_generations: 4", "loss: r2vpo", "max_new_tokens: 8192", "engine: deepspeed",
+                 "lr: 2.0e-06", "num_generations: 4", "loss: r2vpo", "max_new_tokens: 8192", "engine: native",
                  "deepspeed_config: configs/deepspeed/zero2.json"):
         assert f"    {line}\n" in out, line
     cmd = command_line(out)
     assert "torchrun" in cmd and "--nnodes=1" in cmd and "--nproc_per_node=1" in cmd and "--standalone" in cmd
     assert "-m r2vpo_ascend.cli train --config configs/pangu7b_r2vpo.yaml" in cmd
     assert "model=/ckpt/openPangu-Embedded-7B dataset=/data/math_train.jsonl steps=3 lr=2e-6" in cmd
-    assert "engine=deepspeed deepspeed_config=configs/deepspeed/zero2.json" in cmd
+    assert "engine=native" in cmd
     assert "backend=cpu" in out and "--dry-run: not starting" in out
 
 
