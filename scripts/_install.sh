@@ -2,21 +2,40 @@
 # Shared set-up for scripts/quickstart.sh and scripts/test.sh: a virtual environment in
 # .venv with the right PyTorch build installed FIRST, then this package and its extras.
 #
-#   CPU (default, CI):   torch==2.13.0 CPU build, pinned by constraints-cpu.txt so that no
-#                        later install can pull a multi-GB CUDA build.
-#   CUDA / NPU clusters: set R2VPO_TORCH_SPEC (e.g. "torch==2.13.0" from the CUDA index, or
-#                        the torch version your torch-npu/CANN release pairs with; see
-#                        docs/ascend.md) and R2VPO_EXTRAS (e.g. "cuda" or "npu").
+# The machine kind is detected (R2VPO_DEVICE=cpu|cuda|npu overrides): `npu-smi` on PATH means
+# an Ascend machine, `nvidia-smi` an NVIDIA one, otherwise the CPU.
+#   cpu  (default, CI): torch 2.13.0 CPU build, pinned by constraints-cpu.txt so no later
+#                       install can pull a multi-GB CUDA build.
+#   cuda:               torch 2.13.0 from PyPI (its Linux wheel is the CUDA build),
+#                       constraints-cuda.txt, extras test + cuda (deepspeed, vllm).
+#   npu:                the torch / torch-npu pair of constraints-npu.txt (CANN 8.5.0 pairing,
+#                       see docs/deployment.md), extras test + npu. Source CANN's set_env.sh
+#                       first; vllm-ascend comes from Ascend's own channel (docs/vllm.md).
+# R2VPO_TORCH_SPEC, R2VPO_EXTRAS, R2VPO_CONSTRAINTS and PIP_INDEX_URL override each choice.
 #
 # Idempotent: a stamp file records what was installed; a second run with the same
 # setup.py and constraints does nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${R2VPO_VENV:-$ROOT/.venv}"
-EXTRAS="${R2VPO_EXTRAS:-test}"
-TORCH_SPEC="${R2VPO_TORCH_SPEC:-torch==2.13.0}"
-CONSTRAINTS="${R2VPO_CONSTRAINTS:-$ROOT/constraints-cpu.txt}"
 PY="${PYTHON:-python3}"
+
+kind="${R2VPO_DEVICE:-}"
+if [ -z "$kind" ] || [ "$kind" = "auto" ]; then
+    if command -v npu-smi >/dev/null 2>&1; then kind=npu
+    elif command -v nvidia-smi >/dev/null 2>&1; then kind=cuda
+    else kind=cpu; fi
+fi
+case "$kind" in
+    cpu)  default_torch="torch==2.13.0"; default_extras="test" ;;
+    cuda) default_torch="torch==2.13.0"; default_extras="test,cuda" ;;
+    npu)  default_torch="torch==2.8.0 torch-npu==2.8.0"; default_extras="test,npu" ;;
+    *) echo "[install] R2VPO_DEVICE must be cpu, cuda or npu, got '$kind'" >&2; exit 2 ;;
+esac
+TORCH_SPEC="${R2VPO_TORCH_SPEC:-$default_torch}"
+EXTRAS="${R2VPO_EXTRAS:-$default_extras}"
+CONSTRAINTS="${R2VPO_CONSTRAINTS:-$ROOT/constraints-$kind.txt}"
+echo "[install] machine: $kind"
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[install] creating virtual environment $VENV"
@@ -33,7 +52,8 @@ fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "[install] $TORCH_SPEC (first, so nothing else picks the torch build)"
-python -m pip install -q "$TORCH_SPEC"
+# shellcheck disable=SC2086  # TORCH_SPEC may name two packages (torch and torch-npu)
+python -m pip install -q $TORCH_SPEC
 echo "[install] r2vpo-ascend[$EXTRAS] (editable) with constraints $(basename "$CONSTRAINTS")"
 python -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]"
 python -c "import torch, transformers; print(f'[install] torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -107,3 +107,34 @@ def test_dataset_errors(tmp_path):
         R2VPOTrainer(model=build_tiny_model(tok), tokenizer=tok, train_dataset=[{"question": "1+1="}], config=cfg)
     with pytest.raises(ConfigError, match="tokenizer"):
         R2VPOTrainer(model=build_tiny_model(tok), config=cfg)
+
+
+class _EmptyEngine:
+    """A rollout engine whose every response is empty: the trainer must stop with a clear error."""
+
+    def generate(self, prompts, sampling, n=1):
+        from r2vpo_ascend.rollout import Generation
+        return [[Generation(list(p), [], False) for _ in range(n)] for p in prompts]
+
+    def sync_weights(self, model):
+        pass
+
+    def sleep(self):
+        pass
+
+    def wake(self):
+        pass
+
+
+def test_empty_generations_are_a_clear_error(tmp_path):
+    from r2vpo_ascend.rollout import RolloutError
+    cfg = tiny_config(tmp_path, sft_steps=0, eval_every=0)
+    with pytest.raises(RolloutError, match="every generated response is empty"):
+        R2VPOTrainer(config=cfg, rollout_engine=_EmptyEngine()).train()
+
+
+def test_tensorboard_logging(tmp_path):
+    pytest.importorskip("tensorboard")
+    R2VPOTrainer(config=tiny_config(tmp_path, sft_steps=0, eval_every=0, report_to=["jsonl", "tensorboard"])).train()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
