@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from r2vpo_ascend.models.loading import ModelLoadError
+from r2vpo_ascend.models.tiny import seeded_llama
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +182,4 @@ def build_pangu_tiny_model(tokenizer, *, seed: int = 0) -> LlamaForCausalLM:
     config = llama_config_from_pangu(pangu_tiny_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                                        bos_token_id=tokenizer.bos_token_id,
                                                        eos_token_id=tokenizer.eos_token_id), source="pangu-tiny")
-    cpu_rng = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(cpu_rng)  # model construction must not move the run's RNG
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
-    return model
+    return seeded_llama(config, tokenizer, seed)

@@ -42,13 +42,18 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **con
         len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, **config_overrides,
     )
+    return seeded_llama(config, tokenizer, seed)
+
+
+def seeded_llama(config: LlamaConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
+    """`LlamaForCausalLM(config)` initialised from `seed`, without moving the run's global RNG,
+    with the tokenizer's special tokens in its generation config."""
     cpu_rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         model = LlamaForCausalLM(config)
     finally:
-        torch.random.set_rng_state(cpu_rng)  # model construction must not move the run's RNG
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+        torch.random.set_rng_state(cpu_rng)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
     return model

@@ -52,7 +52,7 @@ import device
 from r2vpo_ascend.trainer.batch import TokenBatch
 from r2vpo_ascend.trainer.checkpoint import CheckpointError
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.engine import make_lr_schedule
+from r2vpo_ascend.trainer.engine import make_lr_schedule, sum_over_ranks
 from r2vpo_ascend.trainer.loggers import MissingExtraError
 from r2vpo_ascend.trainer.logprobs import response_log_probs
 
@@ -201,9 +201,7 @@ class DeepSpeedEngine:
         return norm if norm == norm and abs(norm) != float("inf") else float("nan")
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return values
-        return device.all_reduce_sum(values.to(self.backend.device)).to(values.device)
+        return sum_over_ranks(values, self.backend, self.world_size)
 
     @property
     def lr(self) -> float:

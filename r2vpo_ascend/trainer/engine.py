@@ -52,6 +52,14 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, t
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def sum_over_ranks(values: torch.Tensor, backend, world_size: int) -> torch.Tensor:
+    """Sum over ranks (identity in one process), through the backend's device; returns a tensor
+    on `values`' device."""
+    if world_size == 1:
+        return values
+    return device.all_reduce_sum(values.to(backend.device)).to(values.device)
+
+
 class NativeEngine:
     """Plain PyTorch: the model on `backend.device`, AdamW, a warm-up/decay schedule, grad clipping.
 
@@ -68,8 +76,9 @@ class NativeEngine:
         self.model.train()
         self.config = config
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self._adamw_impl = _adamw_impl(self.model)
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, **self._adamw_impl)
         total = config.steps * config.updates_per_step
         self.scheduler = make_lr_schedule(self.optimizer, config.lr_scheduler, config.warmup_steps, total)
 
@@ -108,10 +117,7 @@ class NativeEngine:
                 grad.copy_(summed)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (identity in one process); returns a tensor on `values`' device."""
-        if self.world_size == 1:
-            return values
-        return device.all_reduce_sum(values.to(self.backend.device)).to(values.device)
+        return sum_over_ranks(values, self.backend, self.world_size)
 
     @property
     def lr(self) -> float:
@@ -124,12 +130,22 @@ class NativeEngine:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the kernel is this machine's choice, not the checkpoint's
+            group.update(self._adamw_impl)
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save_pretrained(self, directory) -> None:
         """The model in Hugging Face format; rank 0 writes (every replica is the same)."""
         if self.rank == 0:
             self.model.save_pretrained(directory)
+
+
+def _adamw_impl(model: torch.nn.Module) -> dict:
+    """AdamW's implementation: the fused kernel for weights on the CPU (one kernel over all
+    parameters instead of a Python loop over them, ~2x faster steps for small models; the
+    same update rule), torch's own default elsewhere."""
+    device = next(model.parameters()).device
+    return {"fused": True, "foreach": None} if device.type == "cpu" else {"fused": None, "foreach": None}
 
 
 def make_engine(model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
