@@ -190,6 +190,9 @@ def test_clip_losses_zero_gradient_outside_trust_region_but_r2vpo_does_not():
     for name in metrics:
         assert metrics[name]["ratio/pos_adv_above_clip_frac"] == pytest.approx(2 / 3)
     assert metrics["ppo_clip"]["ratio/pos_adv_above_clip_eff_adv_mean"] == 0.0
+    # ... and how many of them lost their gradient: a and c (ppo_clip), a (clip_higher), none (r2vpo).
+    assert [metrics[name]["ratio/pos_adv_above_clip_tokens"] for name in metrics] == [2.0, 2.0, 2.0]
+    assert [metrics[name]["ratio/pos_adv_above_clip_zeroed_tokens"] for name in metrics] == [2.0, 1.0, 0.0]
     assert metrics["clip_higher"]["ratio/pos_adv_above_clip_eff_adv_mean"] == pytest.approx(0.5)  # (0 + 1)/2
     c = metrics["r2vpo"]["r2vpo/ratio_mean"]
     expected_eff = ((1 - (1.5 - c)) + (1 - (1.25 - c))) / 2  # A − 2λ(ρ − c), λ = 0.5
@@ -409,7 +412,7 @@ def test_every_loss_reports_the_common_metrics():
         keys[name] = set(metrics)
     common = {"loss/policy", "r2vpo/ratio_var", "r2vpo/ratio_mean", "r2vpo/ratio_max", "r2vpo/eff_adv_flip_frac",
               "r2vpo/lambda", "ratio/pos_adv_above_clip_frac", "ratio/pos_adv_above_clip_eff_adv_mean",
-              "clip/frac", "_stats"}
+              "clip/frac", "ratio/pos_adv_above_clip_tokens", "ratio/pos_adv_above_clip_zeroed_tokens", "_stats"}
     for name, names in keys.items():
         assert common <= names, name
     assert keys["ppo_clip"] == keys["clip_higher"] == keys["gspo"] == common
@@ -527,7 +530,7 @@ def test_ratio_step_metrics_match_the_loss_metrics():
     _, metrics = r2vpo_loss(log_probs, old, adv, mask, 1.7)
     rho = policy_ratio(log_probs.detach(), old, mask)
     step = ratio_step_metrics(rho, adv, mask, lam=1.7, center_value=metrics["r2vpo/ratio_mean"])
-    assert "clip/frac" not in step
+    assert "clip/frac" not in step and "ratio/pos_adv_above_clip_zeroed_tokens" not in step
     for key, value in step.items():
         assert value == pytest.approx(metrics[key], rel=1e-9, abs=1e-12), key
     assert metrics["r2vpo/eff_adv_flip_frac"] > 0  # the comparison is not vacuous

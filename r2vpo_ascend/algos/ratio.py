@@ -64,12 +64,13 @@ class RatioStats:
     num_pos_adv_above_clip: float = 0.0       # ... with ρ > EUREKA_RATIO_THRESHOLD
     sum_eff_adv_pos_above_clip: float = 0.0   # Σ effective advantage over those
     num_clipped: float = 0.0                  # tokens whose gradient clipping zeroes (0 for R²VPO)
+    num_pos_adv_above_clip_zeroed: float = 0.0  # A > 0, ρ > EUREKA_RATIO_THRESHOLD, gradient zeroed by clipping
     center: float | None = None
 
     # Order of the sums in the tensors exchanged by all_reduce (see ``from_sums``).
     MOMENT_FIELDS = ("num_tokens", "num_seqs", "sum_dev", "sum_dev_sq")
     DIAGNOSTIC_FIELDS = ("num_adv_nonzero", "num_eff_adv_flipped", "num_pos_adv", "num_pos_adv_above_clip",
-                         "sum_eff_adv_pos_above_clip", "num_clipped")
+                         "sum_eff_adv_pos_above_clip", "num_clipped", "num_pos_adv_above_clip_zeroed")
 
     @classmethod
     def from_sums(cls, moments: torch.Tensor, diagnostics: torch.Tensor, ratio_max: torch.Tensor,
@@ -163,6 +164,9 @@ class RatioStats:
             "ratio/pos_adv_above_clip_eff_adv_mean": _fraction(self.sum_eff_adv_pos_above_clip,
                                                                self.num_pos_adv_above_clip),
             "clip/frac": _fraction(self.num_clipped, self.num_tokens),
+            # counts (not shares) of the eureka tokens, and of those whose gradient the loss zeroes
+            "ratio/pos_adv_above_clip_tokens": self.num_pos_adv_above_clip,
+            "ratio/pos_adv_above_clip_zeroed_tokens": self.num_pos_adv_above_clip_zeroed,
         }
 
 
@@ -183,7 +187,7 @@ def moment_sums(ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def diagnostic_sums(ratio: torch.Tensor, advantages: torch.Tensor, effective_advantage: torch.Tensor,
                     mask: torch.Tensor, clipped: torch.Tensor | None = None) -> torch.Tensor:
-    """float64 ``[6]`` in the order of ``RatioStats.DIAGNOSTIC_FIELDS``; all inputs ``[B, T]``.
+    """float64 ``[7]`` in the order of ``RatioStats.DIAGNOSTIC_FIELDS``; all inputs ``[B, T]``.
 
     A token's effective advantage "flips" when it has the opposite sign of A (strictly:
     a zeroed gradient, as clipping gives, is not a flip).
@@ -194,8 +198,11 @@ def diagnostic_sums(ratio: torch.Tensor, advantages: torch.Tensor, effective_adv
     pos_adv = mask & (advantages > 0)
     pos_above = pos_adv & (ratio > EUREKA_RATIO_THRESHOLD)
     eff_above = torch.where(pos_above, effective_advantage, torch.zeros_like(effective_advantage))
-    num_clipped = (clipped & mask).sum() if clipped is not None else torch.zeros((), device=ratio.device)
-    parts = (adv_nonzero.sum(), flipped.sum(), pos_adv.sum(), pos_above.sum(), eff_above.sum(), num_clipped)
+    zero = torch.zeros((), device=ratio.device)
+    num_clipped = (clipped & mask).sum() if clipped is not None else zero
+    above_zeroed = (clipped & pos_above).sum() if clipped is not None else zero
+    parts = (adv_nonzero.sum(), flipped.sum(), pos_adv.sum(), pos_above.sum(), eff_above.sum(), num_clipped,
+             above_zeroed)
     return torch.stack([p.to(torch.float64) for p in parts])
 
 
@@ -239,8 +246,9 @@ def ratio_step_metrics(ratio: torch.Tensor, advantages: torch.Tensor, mask: torc
             come from it, the advantage diagnostics from the local tensors.
         ratio_var: overrides ``r2vpo/ratio_var`` (e.g. the V̂ the dual step used).
 
-    Returns the keys of :meth:`RatioStats.to_metrics` except ``clip/frac`` (only a clipping
-    loss knows it: read it from the loss's metrics or its ``_stats``).
+    Returns the keys of :meth:`RatioStats.to_metrics` except ``clip/frac`` and
+    ``ratio/pos_adv_above_clip_zeroed_tokens`` (only a clipping loss knows them: read them
+    from the loss's metrics or its ``_stats``).
     """
     mask = mask.bool()
     if advantages.dim() == 1:
@@ -251,7 +259,7 @@ def ratio_step_metrics(ratio: torch.Tensor, advantages: torch.Tensor, mask: torc
     center = local.mean() if center_value is None else float(center_value)
     effective_advantage = advantages - 2.0 * float(lam) * (ratio - center)
     metrics = ratio_statistics(ratio, mask, advantages, effective_advantage, center=center).to_metrics()
-    del metrics["clip/frac"]
+    del metrics["clip/frac"], metrics["ratio/pos_adv_above_clip_zeroed_tokens"]
     if stats is not None:
         metrics["r2vpo/ratio_mean"] = stats.mean()
         metrics["r2vpo/ratio_max"] = stats.ratio_max if stats.num_tokens > 0 else 0.0

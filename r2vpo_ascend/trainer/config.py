@@ -70,6 +70,8 @@ class R2VPOConfig:
     arithmetic_ops: list = _f(["+", "-"], "Operators of the built-in `arithmetic` task (subset of + - *).")
     arithmetic_terms: int = _f(2, "Operands per problem of the built-in `arithmetic` task.")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
+    data_seed: int | None = _f(None, "Seed of the built-in `arithmetic` task's problem pool and of its train / test / "
+                               "validation split; default: `seed`. Fix it to compare seeds on the same split.")
     problem_key: str = _f("problem", "Dataset column holding the problem text.")
     answer_key: str = _f("answer", "Dataset column holding the reference answer.")
     prompt_template: str | None = _f(None, "Prompt template containing `{problem}`; default: the tokenizer's chat "
@@ -83,6 +85,11 @@ class R2VPOConfig:
                                   "for `arithmetic` a disjoint generated split is used when unset.")
     eval_size: int = _f(128, "Number of held-out problems evaluated (greedy decoding).")
     eval_every: int = _f(10, "Evaluate every N RL steps (0 disables; step 0 and the last step always run if > 0).")
+    eval_split: str = _f("test", "Which held-out slice of the built-in `arithmetic` task the evaluation uses: `test` "
+                         "(the held-out split) or `validation` (a third slice of the same pool, disjoint from train "
+                         "and test, `eval_size` problems; for tuning hyperparameters without touching the test "
+                         "split). Other datasets: point `eval_dataset` at a validation set instead.",
+                         ("test", "validation"))
 
     # ---- rollout ------------------------------------------------------------------------
     rollout_engine: str = _f("hf", "Rollout engine: `hf` (transformers generate, always available) or `vllm`.",
@@ -124,7 +131,8 @@ class R2VPOConfig:
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (subtracted from the loss).")
 
     # ---- optimisation -------------------------------------------------------------------
-    steps: int = _f(100, "Number of RL steps (one rollout batch each).")
+    steps: int = _f(100, "Number of RL steps (one rollout batch each); 0 runs only the SFT warm start and the "
+                    "step-0 evaluation, then saves the model to `<output_dir>/final` (a warm start to share).")
     updates_per_step: int = _f(1, "Optimiser steps per RL step: the update batch is split into this many "
                                "mini-batches (>1 makes later mini-batches off-policy, as in PPO epochs).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).")
@@ -179,11 +187,16 @@ class R2VPOConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
-        positive = ("prompts_per_step", "num_generations", "max_new_tokens", "steps", "updates_per_step",
+        positive = ("prompts_per_step", "num_generations", "max_new_tokens", "updates_per_step",
                     "micro_batch_size", "replay_capacity", "max_prompt_length")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field `{name}` must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ConfigError(f"config field `steps` must be >= 0, got {self.steps}")
+        if self.eval_split == "validation" and (self.eval_dataset or self.dataset) != "arithmetic":
+            raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` task; "
+                              "for other datasets set `eval_dataset` to a validation set")
         if not 0.0 <= self.replay_ratio < 1.0:
             raise ConfigError(f"config field `replay_ratio` must be in [0, 1), got {self.replay_ratio}")
         if self.collective_timeout_s <= 0:

@@ -39,19 +39,33 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
 def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
     """Disjoint train / held-out splits of the built-in task, drawn from ONE pool of distinct
     problems so that both follow the same distribution (filtering training problems out of a
-    second sample would leave a held-out set short of the easy, often-repeated problems)."""
+    second sample would leave a held-out set short of the easy, often-repeated problems).
+
+    The shuffled pool is cut as [test (eval_size) | train (dataset_size) | validation (eval_size)].
+    `split="eval"` returns the slice `config.eval_split` names (`test` or `validation`); the
+    validation slice comes after the other two, so asking for it changes neither of them (a
+    tuning run on validation trains on exactly the problems of the final run). The pool and
+    the split depend on `data_seed` (default `seed`) only."""
     wanted = config.dataset_size + config.eval_size
-    pool = make_arithmetic_dataset(4 * wanted, seed=config.seed, max_digits=config.arithmetic_max_digits,
+    seed = config.seed if config.data_seed is None else config.data_seed
+    pool = make_arithmetic_dataset(4 * wanted, seed=seed, max_digits=config.arithmetic_max_digits,
                                    ops=config.arithmetic_ops, num_terms=config.arithmetic_terms)
     distinct = list({r["problem"]: r for r in pool}.values())
-    random.Random(config.seed).shuffle(distinct)
-    if len(distinct) < wanted:
+    random.Random(seed).shuffle(distinct)
+    validation = split != "train" and config.eval_split == "validation"
+    needed = wanted + (config.eval_size if validation else 0)
+    if len(distinct) < needed:
         raise ConfigError(f"the arithmetic task has only {len(distinct)} distinct problems with "
                           f"arithmetic_max_digits={config.arithmetic_max_digits}, arithmetic_terms={config.arithmetic_terms} "
                           f"and ops={config.arithmetic_ops}; "
-                          f"lower dataset_size + eval_size ({wanted})")
+                          f"lower dataset_size + eval_size ({wanted})"
+                          + (f" (+ eval_size again for eval_split=validation: {needed})" if validation else ""))
     eval_size = config.eval_size if config.eval_every > 0 else 0
-    return distinct[eval_size:eval_size + config.dataset_size] if split == "train" else distinct[:eval_size]
+    if split == "train":
+        return distinct[eval_size:eval_size + config.dataset_size]
+    if validation:
+        return distinct[wanted:wanted + eval_size]
+    return distinct[:eval_size]
 
 
 def resolve_reward_fn(config: R2VPOConfig) -> Callable[..., list[float]]:
