@@ -144,8 +144,8 @@ def _adamw_impl(model: torch.nn.Module) -> dict:
     """AdamW's implementation: the fused kernel for weights on the CPU (one kernel over all
     parameters instead of a Python loop over them, ~2x faster steps for small models; the
     same update rule), torch's own default elsewhere."""
-    device = next(model.parameters()).device
-    return {"fused": True, "foreach": None} if device.type == "cpu" else {"fused": None, "foreach": None}
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return {"fused": True, "foreach": None} if on_cpu else {"fused": None, "foreach": None}
 
 
 def make_engine(model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
