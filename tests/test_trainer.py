@@ -138,3 +138,29 @@ def test_tensorboard_logging(tmp_path):
     R2VPOTrainer(config=tiny_config(tmp_path, sft_steps=0, eval_every=0, report_to=["jsonl", "tensorboard"])).train()
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_max_memory_metric_is_peak_use_not_capacity(tmp_path):
+    import device
+    R2VPOTrainer(config=tiny_config(tmp_path, sft_steps=0, eval_every=0)).train()
+    peak = read_metrics(tmp_path)[-1]["perf/max_memory_gb"]
+    assert 0 < peak < device.current().max_memory_gb()  # the process's peak, below the machine's total
+
+
+def test_generate_leaves_no_inference_tensors_for_backward():
+    """A module that caches a tensor during generate (as some checkpoints' RoPE code does) must not
+    break the next training backward: generate runs under inference_mode."""
+    from r2vpo_ascend.rollout import HFGenerateEngine, SamplingConfig
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, seed=0)
+    norm = model.model.norm
+    original = norm.forward
+
+    def caching_forward(hidden):
+        if not hasattr(norm, "cached_scale"):
+            norm.register_buffer("cached_scale", torch.ones(hidden.shape[-1]), persistent=False)
+        return original(hidden) * norm.cached_scale
+    norm.forward = caching_forward
+    HFGenerateEngine(model, tok).generate([tok("1+2=")["input_ids"]], SamplingConfig(max_new_tokens=2), n=2)
+    assert not norm.cached_scale.is_inference()
+    model(torch.tensor([tok("1+2=3")["input_ids"]])).logits.sum().backward()  # would raise on an inference tensor

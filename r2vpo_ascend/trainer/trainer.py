@@ -185,7 +185,7 @@ class R2VPOTrainer:
                    "perf/time_generate_s": t_gen, "perf/time_update_s": t_update,
                    "perf/time_step_s": time.perf_counter() - t0,
                    "perf/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),  # all ranks
-                   "perf/max_memory_gb": self.backend.max_memory_gb()}
+                   "perf/max_memory_gb": self.backend.memory_stats()["max_allocated_gb"]}  # peak use
         if cfg.eval_every > 0 and self.eval_records and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics.update(self._evaluate(step=None))
         record = self.logger.log(step, metrics)
