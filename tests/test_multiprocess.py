@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -161,7 +162,9 @@ def test_dead_rank_fails_the_job_quickly_and_the_run_resumes_exactly(tmp_path, s
     assert ended - failed_at < 60, f"the job took {ended - failed_at:.0f} s to fail after rank 1 died"
     log = res.stdout + res.stderr
     assert "[test] rank 1 exits at step 3" in log
-    assert "rank      : 1" in log and "exitcode  : 1" in log  # torchrun's failure report names the rank
+    # torchrun's failure report names the rank; its exit code is 1, or -6 when gloo's threads abort
+    # the dying process on the way out ("terminate called without an active exception")
+    assert "rank      : 1" in log and re.search(r"exitcode\s*: (1|-6)\b", log)
     assert (out / "checkpoints" / "step_000002" / "COMPLETE").exists()
 
     resumed, *_ = torchrun(out, "steps=4", "collective_timeout_s=30")
