@@ -159,8 +159,8 @@ class R2VPOTrainer:
             records = next(self.sampler)[self.dist.rank::self.dist.world_size]  # this rank's prompts
             fresh = self.rollout(records)                                   # G responses per prompt
             t_gen = time.perf_counter() - t0
-            reward_metrics = self.score(fresh, records)                     # reward per response
-            self.assign_advantages(fresh)                                   # group-normalised, stored
+            reward_metrics, rewards = self.score(fresh, records)            # reward per response
+            self.assign_advantages(fresh, rewards)                          # group-normalised, stored
         except Exception:
             self._save(step - 1, override=start_state)  # nothing is lost: resume retries this step
             raise
@@ -226,8 +226,11 @@ class R2VPOTrainer:
             self.updater.behaviour_log_probs(fresh)
         return fresh
 
-    def score(self, fresh: list[Rollout], records: list[dict]) -> dict:
-        """Call the reward function with the completions and every dataset column, one float each."""
+    def score(self, fresh: list[Rollout], records: list[dict]) -> tuple[dict, torch.Tensor]:
+        """Call the reward function with the completions and every dataset column, one float each.
+
+        Returns the reward metrics and the GLOBAL batch's rewards `[N_global]` (gathered once here,
+        reused by `assign_advantages`)."""
         G = self.config.num_generations
         completions = [self.tokenizer.decode(r.response_ids, skip_special_tokens=True) for r in fresh]
         columns = {k: [rec[k] for rec in records for _ in range(G)] for k in records[0] if k != "prompt"}
@@ -240,15 +243,15 @@ class R2VPOTrainer:
         metrics = {"reward/mean": rewards_t.mean().item(), "reward/std": rewards_t.std(unbiased=False).item(),
                    "reward/solved_frac": (rewards_t > 0.5).float().mean().item()}
         metrics.update(getattr(self.reward_fn, "last_metrics", None) or {})
-        return metrics
+        return metrics, rewards_t
 
-    def assign_advantages(self, fresh: list[Rollout]) -> None:
+    def assign_advantages(self, fresh: list[Rollout], global_rewards: torch.Tensor | None = None) -> None:
         """Group-normalised advantages, computed once at collection time and stored with the sample.
 
         Computed on the GLOBAL batch's rewards (gathered from every rank), so a group's baseline
         is the same whichever rank generated it.
         """
-        rewards = self._global_rewards(fresh)
+        rewards = self._global_rewards(fresh) if global_rewards is None else global_rewards
         advantages = compute_advantages(self.config.advantage, rewards, self.config.num_generations)
         for rollout, slot in zip(fresh, self._global_slots(len(fresh))):
             rollout.advantage = float(advantages[slot])
