@@ -171,10 +171,12 @@ def test_zero2_run_resumes_exactly(tmp_path):
 @pytest.mark.timeout(400)
 def test_zero3_run_generates_evaluates_and_resumes(tmp_path):
     """ZeRO-3 partitions the weights: generation (every rank, synced), evaluation, the KL
-    reference and the final gathered model must all still work."""
+    reference, activation recomputation (which gathers the layer's weights again in the
+    backward) and the final gathered model must all still work."""
     config = helpers.zero_configs(tmp_path)[3]  # persistence threshold 0: the tiny model is partitioned
     out = tmp_path / "run"
-    common = [f"deepspeed_config={config}", "eval_every=2", "eval_size=8", "kl_coef=0.05"]
+    common = [f"deepspeed_config={config}", "eval_every=2", "eval_size=8", "kl_coef=0.05",
+              "gradient_checkpointing=true"]
     torchrun(out, *common, "steps=2")
     first = _check_run(out, 2)
     assert "eval/accuracy" in first[2] and all("kl/ref" in r for r in first.values())

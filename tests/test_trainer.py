@@ -76,6 +76,23 @@ def test_gradient_accumulation_matches_one_micro_batch(tmp_path):
     torch.testing.assert_close(params[0], params[1], atol=2e-6, rtol=1e-5)
 
 
+def test_gradient_checkpointing_recomputes_and_gives_the_same_update(tmp_path):
+    params, layer_calls = [], []
+    for ckpt in (False, True):
+        cfg = tiny_config(tmp_path / str(ckpt), gradient_checkpointing=ckpt, steps=1, sft_steps=0, eval_every=0,
+                          updates_per_step=1, init_lambda=5.0)
+        trainer = R2VPOTrainer(config=cfg)
+        calls = []
+        mlp = trainer.engine.model.model.layers[0].mlp
+        forward = mlp.forward
+        mlp.forward = lambda x: (calls.append(mlp.training), forward(x))[1]  # (hooks do not see the recompute)
+        trainer.train()
+        layer_calls.append(sum(calls))  # training-mode forwards (generation runs in eval mode)
+        params.append(torch.cat([p.detach().flatten() for p in trainer.engine.model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+    assert layer_calls[1] == 2 * layer_calls[0] > 0  # the backward ran the layer's forward again
+
+
 def test_reward_fn_wrong_length_is_a_clear_error_and_state_is_kept(tmp_path):
     cfg = tiny_config(tmp_path, sft_steps=0, eval_every=0, steps=3, save_every=1)
     calls = {"n": 0}

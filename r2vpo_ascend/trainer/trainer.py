@@ -89,6 +89,8 @@ class R2VPOTrainer:
             raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
         self.tokenizer = tokenizer
         self.fused_ops = device.apply_fused_patches(self.backend)  # the backend's fused kernels, if any
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.engine = make_engine(model, config, self.backend, dtype, self.dist)
         self.rollout_engine = rollout_engine or self._make_rollout_engine()
         self.reward_fn = reward_fn or resolve_reward_fn(config)
@@ -385,3 +387,13 @@ def _summary_line(record: dict) -> str:
     parts = [f"step {record['step']}"]
     parts += [f"{short} {record[k]:.4g}" for k, short in keys if isinstance(record.get(k), (int, float))]
     return " | ".join(parts)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Activation recomputation in the training forward (transformers' per-layer checkpointing,
+    non-reentrant: works with frozen inputs and with DeepSpeed ZeRO-3's gathered parameters)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it "
+                          "(transformers' `supports_gradient_checkpointing` is False)")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
