@@ -269,7 +269,9 @@ def tuning_choice(plan: Plan, task: str, arm: str) -> dict:
             scores.append(None)
     valid = [(s, i == spec.default, -i) for i, s in enumerate(scores) if s is not None]
     if not valid:
-        raise RuntimeError(f"every tuning run of {task}/{arm} failed; see {runs[0].run_dir.parent}")
+        ran = any((run.run_dir / "done.json").exists() for run in runs)
+        raise RuntimeError(f"every tuning run of {task}/{arm} failed; see {runs[0].run_dir.parent}" if ran
+                           else f"the tuning runs of {task}/{arm} have not run yet")
     index = -max(valid)[2]
     return {"index": index, "overrides": spec.grid[index], "scores": scores, "tuned": True}
 

@@ -1,0 +1,125 @@
+"""The figures of the paper-claims report (PNG, matplotlib): accuracy vs rollouts per task,
+and the R²VPO diagnostics (λ, ratio variance, ESS, sign-flip share) over training.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from experiments.report import SMOOTH_STEPS, read_run
+
+# ---- figures ------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _step_series(out_dir: Path, plan: dict, task: str, arm: str, key: str):
+    """Per-step `key` (rolling mean), averaged over seeds: x (rollouts), mean, std."""
+    series = []
+    for r in plan["runs"]:
+        if r["kind"] == "main" and r["task"] == task and r["arm"] == arm:
+            try:
+                steps = read_run(out_dir / r["run_dir"])["steps"]
+            except (FileNotFoundError, ValueError):
+                continue
+            pts = [(s["rollouts"], s.get(key)) for s in steps]
+            if not any(isinstance(v, (int, float)) for _, v in pts):
+                continue
+            ys, smoothed = [v if isinstance(v, (int, float)) else math.nan for _, v in pts], []
+            for i in range(len(ys)):
+                window = [y for y in ys[max(0, i - SMOOTH_STEPS + 1):i + 1] if not math.isnan(y)]
+                smoothed.append(statistics.fmean(window) if window else math.nan)
+            series.append(([x for x, _ in pts], smoothed))
+    if not series:
+        return None
+    n = min(len(s[0]) for s in series)
+    xs = series[0][0][:n]
+    cols = [[s[1][i] for s in series] for i in range(n)]
+    mean = [statistics.fmean(c) for c in cols]
+    std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
+    return xs, mean, std
+
+
+def write_figures(summary: dict, out_dir: Path, figures_dir: Path) -> dict:
+    plt = _plt()
+    plan = summary["plan"]
+    tasks, arms = plan["tasks"], plan["arms"]
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    colors = {a: plt.cm.tab10(i) for i, a in enumerate(arms)}
+    paths = {}
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        tt = summary["tasks"][t]
+        for a in arms:
+            curve = tt["arms"][a]["curve"]
+            if not curve:
+                continue
+            xs, ms, ss = zip(*curve)
+            ax.plot(xs, [100 * m for m in ms], label=a, color=colors[a], lw=1.6,
+                    ls="--" if plan["arms"][a]["replay"] else "-")
+            ax.fill_between(xs, [100 * (m - s) for m, s in zip(ms, ss)], [100 * (m + s) for m, s in zip(ms, ss)],
+                            color=colors[a], alpha=0.08)
+        if tt["target"] is not None:
+            ax.axhline(100 * tt["target"], color="grey", ls=":", lw=1, label="target")
+        ax.set_title(f"{t}: {plan['tasks'][t]['title']}")
+        ax.set_xlabel("rollouts (generated responses)")
+        ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    paths["accuracy"] = figures_dir / "accuracy_vs_rollouts.png"
+    fig.savefig(paths["accuracy"], dpi=110)
+    plt.close(fig)
+
+    r2_arms = [a for a in arms if plan["arms"][a]["family"] == "r2vpo"]
+    panels = [("r2vpo/lambda", "λ"), ("r2vpo/ratio_var", "ratio variance V̂"), ("replay/ess_frac", "ESS / tokens"),
+              ("r2vpo/eff_adv_flip_frac", "effective-advantage sign flips")]
+    for t in tasks if r2_arms else []:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+        for ax, (key, title) in zip(axes[0], panels):
+            for a in r2_arms:
+                s = _step_series(out_dir, plan, t, a, key)
+                if s is None:
+                    continue
+                xs, m, sd = s
+                ax.plot(xs, m, label=a, color=colors[a], lw=1.4)
+                low = [max(x - y, 0.0) for x, y in zip(m, sd)]  # all four are >= 0
+                if key == "r2vpo/ratio_var":  # spans decades (outlier steps): log scale, band from the mean down
+                    low = [x / 10 if x - y <= 0 else x - y for x, y in zip(m, sd)]
+                ax.fill_between(xs, low, [x + y for x, y in zip(m, sd)], color=colors[a], alpha=0.15)
+            if key == "r2vpo/ratio_var":
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_xlabel("rollouts")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"R²VPO arms, {t} (rolling mean over {SMOOTH_STEPS} steps; band: ±std over seeds)")
+        fig.tight_layout()
+        paths[f"r2vpo_{t}"] = figures_dir / f"r2vpo_internals_{t}.png"
+        fig.savefig(paths[f"r2vpo_{t}"], dpi=110)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.0), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        for a in arms:
+            s = _step_series(out_dir, plan, t, a, "ratio/pos_adv_above_clip_frac")
+            if s is None:
+                continue
+            xs, m, _ = s
+            ax.plot(xs, [100 * v for v in m], label=a, color=colors[a], lw=1.4,
+                    ls="--" if plan["arms"][a]["replay"] else "-")
+        ax.set_title(f"{t}: A > 0 tokens with ρ > 1.2 (%)")
+        ax.set_xlabel("rollouts")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    paths["eureka"] = figures_dir / "eureka_share.png"
+    fig.savefig(paths["eureka"], dpi=110)
+    plt.close(fig)
+    return paths
