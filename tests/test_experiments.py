@@ -132,7 +132,7 @@ def test_scheduler_order_and_failures():
     # all ppo_clip tuning candidates failed: its study run is skipped; r2vpo's runs
     assert plan.main[("easy", "ppo_clip", 0)].status == "skipped"
     assert plan.main[("easy", "r2vpo", 0)].status == "done"
-    assert paper_claims.simulate(plan, 2) > 0
+    assert paper_claims.simulate(plan.all_runs(), 2) > 0
 
 
 # ---- trainer features the harness uses ----------------------------------------------------------
