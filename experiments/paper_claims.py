@@ -15,7 +15,7 @@ its own tuned knob) and, for the replay arms, the replay buffer differ.
 Stages (a small dependency scheduler runs them `--jobs` processes at a time, `--threads`
 torch threads each; a finished run is skipped when the command is run again):
   1. warm starts: `sft/<task>/seed<s>` (`steps=0`: SFT + step-0 evaluation, then the model)
-  2. tuning: every arm's knob over a 3-value grid, 1 seed (`--tune-seed`), `--tune-steps`
+  2. tuning: every arm's knob over a 4-value grid, 1 seed (`--tune-seed`), `--tune-steps`
      steps, evaluated on the VALIDATION slice (`eval_split=validation`); the value with the
      best mean validation accuracy over the last 5 evaluations is picked
   3. the study: every (task, arm, seed) with its picked value, evaluated on the TEST slice
@@ -90,20 +90,25 @@ def _delta(d):
     return {"ratio_var_target": d, "dual_lr": round(0.05 / d, 6)}
 
 
-# Grids: 3 values per arm, the same budget for every arm. Clipping: the usual values around
+# Grids: 4 values per arm, the same budget for every arm. Clipping: the usual values around
 # the defaults (ε = 0.2; DAPO's ε_high = 0.28). R²VPO: δ bounds V̂, whose scale depends on the
 # setting (measured with the default model and data: V̂ ≈ 1e-3 to 3e-3 on-policy with 2
 # mini-batches, ≈ 1.6e-2 to 1.8e-2 with replay); each grid spans x4 steps from a δ that binds
 # hard to one that is slack (λ → 0: plain policy gradient). Fixed λ: weak to strong penalty.
-_CLIP_GRID = tuple(_eps(e) for e in (0.1, 0.2, 0.3))
-_DELTA_GRID = tuple(_delta(d) for d in (0.001, 0.004, 0.016))
-_DELTA_GRID_REPLAY = tuple(_delta(d) for d in (0.004, 0.016, 0.064))
-_LAMBDA_GRID = tuple({"init_lambda": v} for v in (1.0, 4.0, 16.0))
+# The 4th value of each grid (listed last, so earlier runs stay cached) was added after the
+# first 3-value tuning picked an edge of the grid for most arms, nearly always the
+# conservative one (smallest ε, smallest δ, smallest λ): it extends every grid one step in
+# that direction (replay R²VPO arms, whose pick was inside: one step down in δ, for the same
+# budget).
+_CLIP_GRID = tuple(_eps(e) for e in (0.1, 0.2, 0.3, 0.05))
+_DELTA_GRID = tuple(_delta(d) for d in (0.001, 0.004, 0.016, 0.00025))
+_DELTA_GRID_REPLAY = tuple(_delta(d) for d in (0.004, 0.016, 0.064, 0.001))
+_LAMBDA_GRID = tuple({"init_lambda": v} for v in (1.0, 4.0, 16.0, 0.25))
 ARMS = {a.name: a for a in [
     Arm("ppo_clip", "PPO-clip (GRPO), on-policy", {"loss": "ppo_clip"}, "ε (ε_low = ε_high)",
         _CLIP_GRID, 1, "clip", False),
     Arm("clip_higher", "clip-higher (DAPO), on-policy", {"loss": "clip_higher"}, "ε_high (ε_low = 0.2)",
-        tuple({"clip_eps_low": 0.2, "clip_eps_high": h} for h in (0.24, 0.28, 0.36)), 1, "clip", False),
+        tuple({"clip_eps_low": 0.2, "clip_eps_high": h} for h in (0.24, 0.28, 0.36, 0.22)), 1, "clip", False),
     Arm("r2vpo", "R²VPO, on-policy", {"loss": "r2vpo"}, "δ (η_λ = 0.05/δ)", _DELTA_GRID, 1, "r2vpo", False),
     Arm("ppo_clip_replay", "PPO-clip + replay (stale data)", {"loss": "ppo_clip", **REPLAY},
         "ε (ε_low = ε_high)", _CLIP_GRID, 1, "clip", True),
@@ -118,7 +123,7 @@ ARMS = {a.name: a for a in [
         "λ", _LAMBDA_GRID, 1, "r2vpo", True),
     Arm("r2vpo_replay_multiplicative", "R²VPO + replay, multiplicative dual update",
         {"loss": "r2vpo", "dual_update": "multiplicative", "dual_lr": 0.5, **REPLAY}, "δ (η_λ = 0.5)",
-        tuple({"ratio_var_target": d} for d in (0.004, 0.016, 0.064)), 1, "r2vpo", True),
+        tuple({"ratio_var_target": d} for d in (0.004, 0.016, 0.064, 0.001)), 1, "r2vpo", True),
 ]}
 DEFAULT_ARMS = ("ppo_clip", "clip_higher", "r2vpo", "ppo_clip_replay", "r2vpo_replay", "r2vpo_fixed_lambda")
 

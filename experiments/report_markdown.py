@@ -50,8 +50,16 @@ def write_markdown(summary: dict, report_path: Path, figures: dict) -> None:
       "`python -m experiments.paper_claims --report-only` (same arguments as the study).\n")
     w(f"**Command:** `{s['command']}`  ")
     wall = s.get("wall_s")
-    w(f"**Wall time:** {('%.1f min' % (wall / 60)) if wall else '–'} "
-      f"(estimate before running: {('%.0f min' % (s['estimate_s'] / 60)) if s.get('estimate_s') else '–'}); "
+    runs = plan.get("runs", [])
+    reused = sum(r["status"] == "cached" for r in runs)
+    lanes = max(s["jobs"], 1)
+    all_runs_s = sum(r.get("wall_s") or 0.0 for r in runs) / lanes
+    w(f"**Wall time:** {('%.1f min' % (wall / 60)) if wall else '–'}"
+      + (f" for the last invocation, which ran {len(runs) - reused} runs and reused {reused} finished ones "
+         f"from earlier invocations; all {len(runs)} runs together ≈ {all_runs_s / 60:.0f} min (the sum of their "
+         f"wall times / {lanes})" if reused else "")
+      + f" (estimate for the whole plan from scratch: "
+      f"{('%.0f min' % (s['estimate_s'] / 60)) if s.get('estimate_s') else '–'}); "
       + (f"{s['jobs']} runs at a time (separate processes)" if s['jobs'] > 0 else "one run at a time, in-process")
       + f", {s['threads']} torch thread(s) each.  ")
     if summary["missing"]:
@@ -98,7 +106,8 @@ def write_markdown(summary: dict, report_path: Path, figures: dict) -> None:
 
     w("## Tuning (validation slice, never the test slice)\n")
     if plan["tune"]:
-        w(f"Every arm's knob over 3 values, the same budget for each: 1 seed ({s['tune_seed']}, its own warm "
+        n_values = {len(spec["grid"]) for spec in plan["arms"].values()}
+        w(f"Every arm's knob over {'/'.join(map(str, sorted(n_values)))} values, the same budget for each: 1 seed ({s['tune_seed']}, its own warm "
           f"start), {s['tune_steps']} RL steps, accuracy on the **validation** slice (`eval_split: validation`: "
           "problems disjoint from train and test, same distribution). Picked: best mean validation accuracy "
           f"over the last {LATE_WINDOW} evaluations (ties: the default value, else the first). Learning rate and everything else are not "
