@@ -1,6 +1,6 @@
 """Packaging for r2vpo-ascend: the `r2vpo_ascend` package, the `device` hardware layer, the `r2vpo` CLI."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 # torch is deliberately NOT pinned here: the CPU, CUDA and NPU stacks need
 # different builds. scripts/_install.sh installs the right one first (and pins it
@@ -44,8 +44,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["r2vpo_ascend", "r2vpo_ascend.*", "device", "device.*"]),
-    package_data={"r2vpo_ascend": ["data/benchmarks/*/*.jsonl", "data/benchmarks/*/LICENSE*", "data/benchmarks/README.md"]},
+    # Namespace discovery lists the data folders (r2vpo_ascend/data/benchmarks/<set>/) as packages
+    # too, so setuptools ships their files without warning that they are "not in `packages`".
+    packages=find_namespace_packages(include=["r2vpo_ascend", "r2vpo_ascend.*", "device", "device.*"],
+                                     exclude=["*.__pycache__"]),
+    package_data={"r2vpo_ascend.data.benchmarks": ["README.md"],
+                  **{f"r2vpo_ascend.data.benchmarks.{name}": ["*.jsonl", "LICENSE*"]
+                     for name in ("aime2024", "aime2025", "gsm8k", "math500")}},
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras,
