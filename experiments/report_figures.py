@@ -71,11 +71,7 @@ def write_figures(summary: dict, out_dir: Path, figures_dir: Path) -> dict:
         ax.set_xlabel("rollouts (generated responses)")
         ax.set_ylabel("test accuracy (%), mean ± std over seeds")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    paths["accuracy"] = figures_dir / "accuracy_vs_rollouts.png"
-    fig.savefig(paths["accuracy"], dpi=110)
-    plt.close(fig)
+    paths["accuracy"] = _save(plt, fig, axes, figures_dir / "accuracy_vs_rollouts.png")
 
     r2_arms = [a for a in arms if plan["arms"][a]["family"] == "r2vpo"]
     panels = [("r2vpo/lambda", "λ"), ("r2vpo/ratio_var", "ratio variance V̂"), ("replay/ess_frac", "ESS / tokens"),
@@ -98,12 +94,8 @@ def write_figures(summary: dict, out_dir: Path, figures_dir: Path) -> dict:
             ax.set_title(title)
             ax.set_xlabel("rollouts")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
         fig.suptitle(f"R²VPO arms, {t} (rolling mean over {SMOOTH_STEPS} steps; band: ±std over seeds)")
-        fig.tight_layout()
-        paths[f"r2vpo_{t}"] = figures_dir / f"r2vpo_internals_{t}.png"
-        fig.savefig(paths[f"r2vpo_{t}"], dpi=110)
-        plt.close(fig)
+        paths[f"r2vpo_{t}"] = _save(plt, fig, axes, figures_dir / f"r2vpo_internals_{t}.png")
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.0), squeeze=False)
     for ax, t in zip(axes[0], tasks):
@@ -117,9 +109,14 @@ def write_figures(summary: dict, out_dir: Path, figures_dir: Path) -> dict:
         ax.set_title(f"{t}: A > 0 tokens with ρ > 1.2 (%)")
         ax.set_xlabel("rollouts")
         ax.grid(alpha=0.3)
+    paths["eureka"] = _save(plt, fig, axes, figures_dir / "eureka_share.png")
+    return paths
+
+
+def _save(plt, fig, axes, path: Path) -> Path:
+    """Legend on the first panel, tight layout, PNG at 110 dpi; closes the figure."""
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    paths["eureka"] = figures_dir / "eureka_share.png"
-    fig.savefig(paths["eureka"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path
