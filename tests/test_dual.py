@@ -26,6 +26,28 @@ def test_additive_respects_bounds():
     assert dual.lam == 0.2
 
 
+def test_max_step_bounds_one_outlier_update_both_ways():
+    # The observed case: one token with ρ ≈ 55 made V̂ = 18 for one step (δ = 0.001, η_λ = 50).
+    spiky = DualController(init_lambda=0.3, target=0.001, lr=50.0)
+    bounded = DualController(init_lambda=0.3, target=0.001, lr=50.0, max_step=1.0)
+    assert spiky.update(18.0) == 100.0                      # unbounded: straight to lambda_max
+    assert bounded.update(18.0) == pytest.approx(1.3)       # +1 at most
+    for _ in range(20):                                     # back to a V̂ below δ
+        spiky.update(0.0005)
+        bounded.update(0.0005)
+    assert spiky.lam == pytest.approx(100.0 - 20 * 50.0 * 0.0005)   # 99.5: still near the cap
+    assert bounded.lam == pytest.approx(1.3 - 20 * 50.0 * 0.0005)   # 0.8: small steps are untouched
+    down = DualController(init_lambda=5.0, target=1.0, lr=10.0, max_step=0.5)
+    assert down.update(0.0) == pytest.approx(4.5)           # decreases are bounded too
+
+
+def test_max_step_bounds_the_multiplicative_exponent():
+    dual = DualController(init_lambda=2.0, target=0.01, lr=0.5, mode="multiplicative", max_step=0.1)
+    assert dual.update(10.0) == pytest.approx(2.0 * math.exp(0.1))
+    assert dual.update(0.0) == pytest.approx(2.0 * math.exp(0.1) * math.exp(-0.1))
+    assert dual.state_dict()["max_step"] == 0.1
+
+
 def test_multiplicative_update_and_growth_from_zero():
     dual = DualController(init_lambda=2.0, target=0.1, lr=0.5, mode="multiplicative")
     assert dual.update(0.2) == pytest.approx(2.0 * math.exp(0.5 * 0.1 / 0.1))
@@ -91,6 +113,8 @@ def test_state_dict_round_trip():
     (dict(lambda_max=0.5, lambda_min=1.0, init_lambda=0.7), "lambda_max"),
     (dict(init_lambda=200.0), "init_lambda"),
     (dict(lambda_max=float("inf")), "lambda_max"),
+    (dict(max_step=0.0), "max_step"),
+    (dict(max_step=float("inf")), "max_step"),
 ])
 def test_bad_arguments_raise_naming_the_field(kwargs, field):
     args = dict(init_lambda=1.0, target=0.1, lr=0.5)

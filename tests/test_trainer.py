@@ -181,3 +181,11 @@ def test_generate_leaves_no_inference_tensors_for_backward():
     HFGenerateEngine(model, tok).generate([tok("1+2=")["input_ids"]], SamplingConfig(max_new_tokens=2), n=2)
     assert not norm.cached_scale.is_inference()
     model(torch.tensor([tok("1+2=3")["input_ids"]])).logits.sum().backward()  # would raise on an inference tensor
+
+
+def test_dual_step_max_reaches_the_dual_controller(tmp_path):
+    trainer = R2VPOTrainer(config=tiny_config(tmp_path, dual_step_max=0.25, sft_steps=0, eval_every=0))
+    assert trainer.dual.max_step == 0.25
+    assert R2VPOTrainer(config=tiny_config(tmp_path / "b", sft_steps=0, eval_every=0)).dual.max_step is None
+    with pytest.raises(ConfigError, match="dual_step_max"):
+        tiny_config(tmp_path, dual_step_max=0.0)

@@ -5,6 +5,12 @@
 - ``multiplicative``:      λ ← clip(λ·exp(η_λ·(V̂ − δ)/δ), max(λ_min, 1e-8), λ_max)
 - ``none``:                λ fixed (ablation: a plain variance penalty)
 
+``max_step`` (optional, default off = the spec's update) bounds one update: the additive change
+η_λ·(V̂ − δ), or the multiplicative exponent η_λ·(V̂ − δ)/δ, is clipped to [−max_step, max_step].
+V̂ is a mean of squares, so one token with an extreme ratio (ρ = 55 → (ρ − c)² ≈ 3000) can make
+it 10⁴× its usual value for one step; without a bound that one step sends λ to ``lambda_max``,
+from where the additive update needs ``lambda_max``/(η_λ·δ) steps to come back.
+
 Multiplicative updates cannot leave λ = 0 (0·anything = 0), so in that mode λ is kept at
 least ``MULTIPLICATIVE_FLOOR`` = 1e-8: from λ = 0 the first update puts it there, and it then
 grows geometrically while V̂ > δ (from 1e-8 to 1 takes ln(1e8)/(η_λ·(V̂ − δ)/δ) ≈ 18.4/… steps).
@@ -37,8 +43,12 @@ class DualController:
     """
 
     def __init__(self, init_lambda: float, target: float, lr: float, mode: str = "additive",
-                 lambda_max: float = 100.0, lambda_min: float = 0.0) -> None:
+                 lambda_max: float = 100.0, lambda_min: float = 0.0, max_step: float | None = None) -> None:
         init_lambda, target, lr = float(init_lambda), float(target), float(lr)
+        if max_step is not None:
+            max_step = float(max_step)
+            if not (math.isfinite(max_step) and max_step > 0):
+                raise ValueError(f"max_step (the bound on one dual update) must be > 0 and finite, got {max_step}")
         lambda_max, lambda_min = float(lambda_max), float(lambda_min)
         if mode not in DUAL_MODES:
             raise ValueError(f"mode (dual_update) must be one of {list(DUAL_MODES)}, got {mode!r}")
@@ -59,6 +69,7 @@ class DualController:
                              f"[{lambda_min}, {lambda_max}]")
         self.target, self.lr, self.mode = target, lr, mode
         self.lambda_min, self.lambda_max = lambda_min, lambda_max
+        self.max_step = max_step
         self.lam = init_lambda
         self.num_updates = 0
         self.last_ratio_var: float | None = None
@@ -70,21 +81,24 @@ class DualController:
             raise NonFiniteError(f"ratio_var (V̂) passed to the dual update is not finite: {ratio_var}")
         violation = ratio_var - self.target  # V̂ − δ: > 0 raises λ, < 0 lowers it
         if self.mode == "additive":
-            new_lam = self.lam + self.lr * violation
+            new_lam = self.lam + self._bounded(self.lr * violation)
             self.lam = min(max(new_lam, self.lambda_min), self.lambda_max)
         elif self.mode == "multiplicative":
-            exponent = min(self.lr * violation / self.target, _MAX_EXPONENT)
+            exponent = min(self._bounded(self.lr * violation / self.target), _MAX_EXPONENT)
             floor = max(self.lambda_min, MULTIPLICATIVE_FLOOR)
             self.lam = min(max(self.lam * math.exp(exponent), floor), self.lambda_max)
         self.num_updates += 1
         self.last_ratio_var = ratio_var
         return self.lam
 
+    def _bounded(self, step: float) -> float:
+        return step if self.max_step is None else min(max(step, -self.max_step), self.max_step)
+
     def state_dict(self) -> dict[str, Any]:
         """λ and the step count. The hyperparameters are recorded for reference only: on load,
         those of the constructor (the current config) apply."""
         return {"lam": self.lam, "num_updates": self.num_updates, "last_ratio_var": self.last_ratio_var,
-                "target": self.target, "lr": self.lr, "mode": self.mode,
+                "target": self.target, "lr": self.lr, "mode": self.mode, "max_step": self.max_step,
                 "lambda_min": self.lambda_min, "lambda_max": self.lambda_max}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -100,4 +114,4 @@ class DualController:
 
     def __repr__(self) -> str:
         return (f"DualController(lam={self.lam:.6g}, target={self.target}, lr={self.lr}, mode={self.mode!r}, "
-                f"lambda_min={self.lambda_min}, lambda_max={self.lambda_max})")
+                f"lambda_min={self.lambda_min}, lambda_max={self.lambda_max}, max_step={self.max_step})")

@@ -9,6 +9,7 @@ line are parsed as YAML scalars and type-checked like the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import re
 import types
@@ -122,6 +123,9 @@ class R2VPOConfig:
                           ("additive", "multiplicative", "none"))
     lambda_max: float = _f(100.0, "Upper bound on λ.")
     lambda_min: float = _f(0.0, "Lower bound on λ.")
+    dual_step_max: float | None = _f(None, "Bound on one dual update (additive: |Δλ|; multiplicative: |log-step|), "
+                                     "so one step with an outlier ratio cannot send λ to lambda_max. None: the "
+                                     "spec's unbounded update.")
     clip_eps_low: float | None = _f(None, "ε (lower) of the clipping baselines; default per loss: 0.2 for "
                                     "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
     clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
@@ -208,6 +212,8 @@ class R2VPOConfig:
             raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
         if self.ratio_var_target <= 0:
             raise ConfigError(f"config field `ratio_var_target` (δ) must be > 0, got {self.ratio_var_target}")
+        if self.dual_step_max is not None and not (math.isfinite(self.dual_step_max) and self.dual_step_max > 0):
+            raise ConfigError(f"config field `dual_step_max` must be > 0 (or null), got {self.dual_step_max}")
         if self.lambda_min < 0 or self.lambda_max < self.lambda_min:
             raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
                               f"got {self.lambda_min}/{self.lambda_max}")
