@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from r2vpo_ascend.rollout.base import RolloutEngine
+
 # ---- rewards for `reward=python:_mp_helpers:...` ---------------------------------------------
 
 
@@ -53,7 +55,7 @@ def reward_or_die(prompts, completions, **columns) -> list[float]:
 # ---- a rollout engine whose responses depend on the prompt only ----------------------------
 
 
-class ScriptedRolloutEngine:
+class ScriptedRolloutEngine(RolloutEngine):
     """Deterministic responses (a function of the prompt tokens), so a one-process run and a
     multi-process run see exactly the same global batches: their updates can be compared."""
 
@@ -76,15 +78,6 @@ class ScriptedRolloutEngine:
                 group.append(self._generation(list(prompt), tokens + [self.eos] if finished else tokens, finished))
             out.append(group)
         return out
-
-    def sync_weights(self, model):
-        pass
-
-    def sleep(self):
-        pass
-
-    def wake(self):
-        pass
 
 
 # ---- process set-up --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
 from r2vpo_ascend.models.tiny import build_tiny_model
 from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 from r2vpo_ascend.rewards import RewardError
+from r2vpo_ascend.rollout import RolloutEngine
 from r2vpo_ascend.trainer.config import ConfigError
 
 SPEC_METRICS = ["loss/policy", "r2vpo/lambda", "r2vpo/ratio_var", "r2vpo/ratio_mean", "r2vpo/ratio_max",
@@ -126,21 +127,12 @@ def test_dataset_errors(tmp_path):
         R2VPOTrainer(model=build_tiny_model(tok), config=cfg)
 
 
-class _EmptyEngine:
+class _EmptyEngine(RolloutEngine):
     """A rollout engine whose every response is empty: the trainer must stop with a clear error."""
 
     def generate(self, prompts, sampling, n=1):
         from r2vpo_ascend.rollout import Generation
         return [[Generation(list(p), [], False) for _ in range(n)] for p in prompts]
-
-    def sync_weights(self, model):
-        pass
-
-    def sleep(self):
-        pass
-
-    def wake(self):
-        pass
 
 
 def test_empty_generations_are_a_clear_error(tmp_path):

@@ -3,6 +3,8 @@
 An engine turns tokenised prompts into sampled responses, and can be told that the
 policy's weights changed (`sync_weights`) and to free or retake its memory around the
 training phase (`sleep`/`wake`; colocated engines such as vLLM use them, HF needs nothing).
+An engine that holds nothing besides what `generate` reads can subclass `RolloutEngine` and
+inherit the no-op `sync_weights`, `sleep` and `wake` below.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class RolloutEngine(Protocol):
         """`n` responses for each prompt: result[i] holds prompt i's responses."""
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from `model`'s current weights."""
+        """Make the engine sample from `model`'s current weights (default: nothing to do)."""
 
     def sleep(self) -> None:
-        """Release memory held for generation (before the training phase)."""
+        """Release memory held for generation, before the training phase (default: none held)."""
 
     def wake(self) -> None:
-        """Retake that memory (before the next rollout)."""
+        """Retake that memory, before the next rollout (default: none held)."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from r2vpo_ascend.rollout.base import Generation, RolloutError, SamplingConfig
+from r2vpo_ascend.rollout.base import Generation, RolloutEngine, RolloutError, SamplingConfig
 
 
-class HFGenerateEngine:
+class HFGenerateEngine(RolloutEngine):  # sleep/wake: nothing held outside the model
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 256):
         if tokenizer.pad_token_id is None:
             raise RolloutError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS token)")
@@ -74,12 +74,6 @@ class HFGenerateEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
             self.model.load_state_dict(model.state_dict())
-
-    def sleep(self) -> None:  # nothing held outside the model
-        pass
-
-    def wake(self) -> None:
-        pass
 
 
 def _replace_inference_tensors(model: torch.nn.Module) -> None:

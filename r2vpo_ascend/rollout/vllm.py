@@ -51,7 +51,6 @@ _INSTALL_HINT = (
 
 def _import_vllm():
     try:
-        import vllm  # noqa: F401
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.platforms import current_platform
