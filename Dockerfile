@@ -20,7 +20,7 @@ ARG TORCH_VERSION=2.8.0
 ARG TORCH_NPU_VERSION=2.8.0
 ARG VLLM_VERSION=0.13.0
 ARG VLLM_ASCEND_VERSION=0.13.0
-ARG DEEPSPEED_VERSION=0.16.4
+ARG DEEPSPEED_VERSION=0.19.8
 ARG PYTORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ARG ASCEND_PIP_INDEX=https://mirrors.huaweicloud.com/ascend/repos/pypi
 ARG APP_USER=r2vpo
@@ -65,6 +65,7 @@ RUN if [ "${VARIANT}" = "ascend" ]; then \
         python3 -m pip install "vllm==${VLLM_VERSION}"; \
     fi
 
+# >= 0.19.8: the engine needs unmanaged gradient accumulation (trainer/deepspeed_engine.py).
 RUN python3 -m pip install "deepspeed==${DEEPSPEED_VERSION}"
 
 # This package (not editable), with the launch scripts and configs next to it.
@@ -74,7 +75,7 @@ COPY device ./device
 COPY r2vpo_ascend ./r2vpo_ascend
 # The local package: its dependencies are ranged in setup.py (torch, vLLM are pinned above).
 # hadolint ignore=DL3013
-RUN python3 -m pip install ".[data,tracking]"
+RUN python3 -m pip install ".[data,tracking,deepspeed]"
 COPY configs ./configs
 COPY scripts ./scripts
 COPY docs ./docs

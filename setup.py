@@ -1,5 +1,7 @@
 """Packaging for r2vpo-ascend: the `r2vpo_ascend` package, the `device` hardware layer, the `r2vpo` CLI."""
 
+from pathlib import Path
+
 from setuptools import find_namespace_packages, setup
 
 # torch is deliberately NOT pinned here: the CPU, CUDA and NPU stacks need
@@ -49,8 +51,8 @@ setup(
     packages=find_namespace_packages(include=["r2vpo_ascend", "r2vpo_ascend.*", "device", "device.*"],
                                      exclude=["*.__pycache__"]),
     package_data={"r2vpo_ascend.data.benchmarks": ["README.md"],
-                  **{f"r2vpo_ascend.data.benchmarks.{name}": ["*.jsonl", "LICENSE*"]
-                     for name in ("aime2024", "aime2025", "gsm8k", "math500")}},
+                  **{f"r2vpo_ascend.data.benchmarks.{folder.name}": ["*.jsonl", "LICENSE*"]
+                     for folder in sorted((Path(__file__).parent / "r2vpo_ascend/data/benchmarks").iterdir()) if folder.is_dir()}},
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras,

@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import sys
-from importlib import metadata
 
 import device
 
@@ -39,6 +38,10 @@ def cmd_train(args) -> int:
         config = R2VPOConfig.from_yaml(args.config, args.overrides)
     else:
         config = R2VPOConfig.from_dict(parse_overrides(args.overrides), source="command line")
+    # Hardware runtime variables, before the first device operation, from THIS run's settings
+    # (vllm-ascend's sleep mode needs a different NPU allocator setting).
+    device.prepare_runtime_env(sleep_mode=config.rollout_engine == "vllm" and config.vllm_sleep_mode,
+                               collective_timeout_s=config.collective_timeout_s)
     if args.print_config:
         print(config.to_yaml(), end="", flush=True)
         return 0
@@ -72,12 +75,8 @@ def cmd_plot(args) -> int:
 
 def cmd_info(args) -> int:
     backend = device.current()
-    versions = {}
-    for dist in ("torch", "transformers", "r2vpo-ascend", "math-verify", "deepspeed", "vllm"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+    from r2vpo_ascend.evaluation.bench import package_versions
+    versions = package_versions()
     from r2vpo_ascend.models.presets import MODEL_PRESETS
     info = {"backend": backend.name, "device": str(backend.device), "dist_backend": backend.dist_backend,
             "device_count": backend.device_count(), "default_dtype": str(backend.default_dtype),
@@ -136,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device.prepare_runtime_env()  # hardware runtime variables, before the first device operation
+    if args.func is not cmd_train:  # `train` sets them itself, from its config
+        device.prepare_runtime_env()  # hardware runtime variables, before the first device operation
     try:
         return args.func(args)
     except _user_errors() as e:

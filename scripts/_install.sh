@@ -27,9 +27,9 @@ if [ -z "$kind" ] || [ "$kind" = "auto" ]; then
     else kind=cpu; fi
 fi
 case "$kind" in
-    cpu)  default_torch="torch==2.13.0"; default_extras="test" ;;
-    cuda) default_torch="torch==2.13.0"; default_extras="test,cuda" ;;
-    npu)  default_torch="torch==2.8.0 torch-npu==2.8.0"; default_extras="test,npu" ;;
+    cpu)  default_torch="torch"; default_extras="test" ;;            # versions: constraints-<kind>.txt
+    cuda) default_torch="torch"; default_extras="test,cuda" ;;
+    npu)  default_torch="torch torch-npu"; default_extras="test,npu" ;;
     *) echo "[install] R2VPO_DEVICE must be cpu, cuda or npu, got '$kind'" >&2; exit 2 ;;
 esac
 TORCH_SPEC="${R2VPO_TORCH_SPEC:-$default_torch}"
@@ -51,10 +51,26 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-echo "[install] $TORCH_SPEC (first, so nothing else picks the torch build)"
+# torch first, so nothing else picks the torch build: the versions of constraints-<kind>.txt,
+# or exactly R2VPO_TORCH_SPEC when it is given (then the constraints file does not apply).
+if [ -n "${R2VPO_TORCH_SPEC:-}" ]; then torch_constraints=(); else torch_constraints=(-c "$CONSTRAINTS"); fi
+echo "[install] $TORCH_SPEC${R2VPO_TORCH_SPEC:+ (R2VPO_TORCH_SPEC)} with ${torch_constraints[*]:-no constraints}"
 # shellcheck disable=SC2086  # TORCH_SPEC may name two packages (torch and torch-npu)
-python -m pip install -q $TORCH_SPEC
-echo "[install] r2vpo-ascend[$EXTRAS] (editable) with constraints $(basename "$CONSTRAINTS")"
-python -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]"
+python -m pip install -q "${torch_constraints[@]}" $TORCH_SPEC
+# Then the package, pinned to the torch build just installed, whichever it is.
+pins="$VENV/.r2vpo-torch-pins.txt"
+python - "$pins" <<'PY'
+import sys
+from importlib import metadata
+pins = []
+for dist in ("torch", "torch-npu"):
+    try:
+        pins.append(f"{dist}=={metadata.version(dist)}")
+    except metadata.PackageNotFoundError:
+        pass
+open(sys.argv[1], "w").write("\n".join(pins) + "\n")
+PY
+echo "[install] r2vpo-ascend[$EXTRAS] (editable), keeping $(tr '\n' ' ' < "$pins")"
+python -m pip install -q -c "$pins" -e "$ROOT[$EXTRAS]"
 python -c "import torch, transformers; print(f'[install] torch {torch.__version__}, transformers {transformers.__version__}')"
 echo "$want" > "$stamp"

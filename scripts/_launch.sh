@@ -34,11 +34,15 @@ _r2vpo_python() {
 }
 
 _r2vpo_source_cann() {
-    # The CANN toolkit must be on the library path before torch_npu can be imported (or detected).
-    [ -n "${ASCEND_TOOLKIT_HOME:-}" ] && return 0
+    # The CANN toolkit (and the ATB library torch_npu's fused ops use) must be on the library
+    # path before torch_npu can be imported (or detected); each is sourced unless already set up.
     local f
     for f in "${ASCEND_HOME:-/usr/local/Ascend}/ascend-toolkit/set_env.sh" \
              "${ASCEND_HOME:-/usr/local/Ascend}/nnal/atb/set_env.sh"; do
+        case "$f" in
+            */ascend-toolkit/*) [ -n "${ASCEND_TOOLKIT_HOME:-}" ] && continue ;;
+            */atb/*) [ -n "${ATB_HOME_PATH:-}" ] && continue ;;
+        esac
         if [ -f "$f" ]; then
             set +u
             # shellcheck disable=SC1090
@@ -57,7 +61,7 @@ r2vpo_launch() {
     for arg in "$@"; do
         case "$arg" in
             --dry-run) dry_run=1 ;;
-            -h|--help) sed -n '2,25p' "$R2VPO_ROOT/scripts/_launch.sh"; return 0 ;;
+            -h|--help) sed -n '2,21p' "$R2VPO_ROOT/scripts/_launch.sh"; return 0 ;;
             MODEL_PATH=*) overrides+=("model=${arg#MODEL_PATH=}") ;;
             DATA=*) overrides+=("dataset=${arg#DATA=}") ;;
             -*) echo "error: unexpected argument '$arg' (the only option is --dry-run; settings are key=value)" >&2
@@ -76,12 +80,8 @@ r2vpo_launch() {
     local hw backend count
     hw="$("$py" -c 'import device; b = device.current(); print(b.name, b.device_count())')"
     read -r backend count <<<"$hw"
-    if [ "$backend" = "npu" ]; then
-        # Export the Ascend runtime variables (HCCL timeouts, task queue, allocator, ...) once, so
-        # every rank and the printed log agree; variables already set are kept.
-        eval "$("$py" -c 'import device, shlex
-for k, v in device.prepare_runtime_env().items(): print(f"export {k}={shlex.quote(v)}")')"
-    fi
+    # The Ascend runtime variables (HCCL timeouts, task queue, allocator, ...) are set by each
+    # rank's `r2vpo train` from the run's config (sleep mode changes the allocator setting).
     local nnodes="${NNODES:-1}" node_rank="${NODE_RANK:-0}"
     local master_addr="${MASTER_ADDR:-127.0.0.1}" master_port="${MASTER_PORT:-29500}"
     local nproc="${NPROC_PER_NODE:-}"

@@ -36,3 +36,16 @@ def test_plot_writes_png(tmp_path, capsys):
     assert cli.main(["plot", str(tmp_path)]) == 0
     png = tmp_path / "training_curves.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("overrides, sleep_mode", [(["rollout_engine=vllm"], True),
+                                                    (["rollout_engine=vllm", "vllm_sleep_mode=false"], False),
+                                                    ([], False)])
+def test_train_sets_the_runtime_env_from_its_config(monkeypatch, capsys, overrides, sleep_mode):
+    """vllm-ascend's sleep mode needs another allocator setting: `train` passes its own config's
+    choice (and collective timeout) to the device layer, not the defaults."""
+    import device
+    calls = []
+    monkeypatch.setattr(device, "prepare_runtime_env", lambda **kw: calls.append(kw) or {})
+    assert cli.main(["train", "--print-config", "model=tiny", "collective_timeout_s=99", *overrides]) == 0
+    assert calls == [{"sleep_mode": sleep_mode, "collective_timeout_s": 99.0}]

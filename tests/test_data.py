@@ -362,3 +362,14 @@ def test_sampler_rejects_a_state_from_other_data():
         sampler.load_state_dict({"epoch": 0, "position": 9, "seed": 0})
     with pytest.raises(ValueError, match="missing keys"):
         sampler.load_state_dict({"epoch": 0})
+
+
+def test_training_problems_exclude_the_test_slice_even_without_evaluation():
+    from r2vpo_ascend.trainer.config import R2VPOConfig
+    from r2vpo_ascend.trainer.setup import arithmetic_split
+    common = dict(model="tiny", dataset="arithmetic", dataset_size=200, eval_size=50, data_seed=3)
+    evaluating, silent = R2VPOConfig(**common, eval_every=10), R2VPOConfig(**common, eval_every=0)
+    test = {r["problem"] for r in arithmetic_split(evaluating, "eval")}
+    train = [r["problem"] for r in arithmetic_split(silent, "train")]
+    assert train == [r["problem"] for r in arithmetic_split(evaluating, "train")]  # the same pool either way
+    assert len(test) == 50 and not test & set(train)

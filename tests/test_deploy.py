@@ -59,6 +59,11 @@ def test_dockerfile_structure():
     for name in pinned:
         assert re.fullmatch(r"\d+\.\d+\.\d+(\.post\d+)?", args[name]), f"{name} must be pinned, got {args[name]}"
     assert args["TORCH_VERSION"] == args[pinned[1]]  # the Ascend extension X.Y.Z pairs with torch X.Y.Z
+    # the image's DeepSpeed is one the engine accepts (setup.py's minimum), and the package is
+    # installed with the extra that brings accelerate along
+    minimum = re.search(r'"deepspeed>=([\d.]+)"', (ROOT / "setup.py").read_text()).group(1)
+    assert tuple(map(int, args["DEEPSPEED_VERSION"].split("."))) >= tuple(map(int, minimum.split(".")))
+    assert re.search(r'pip install "\.\[[^"]*\bdeepspeed\b[^"]*\]"', body), "install .[...,deepspeed]"
     users = [a for i, a in instructions if i == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0"), "the image must end as a non-root user"
     cmd = [a for i, a in instructions if i == "CMD"]

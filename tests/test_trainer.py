@@ -181,3 +181,13 @@ def test_dual_step_max_reaches_the_dual_controller(tmp_path):
     assert R2VPOTrainer(config=tiny_config(tmp_path / "b", sft_steps=0, eval_every=0)).dual.max_step is None
     with pytest.raises(ConfigError, match="dual_step_max"):
         tiny_config(tmp_path, dual_step_max=0.0)
+
+
+def test_gradient_buckets_keep_dtype_and_size_bounds():
+    from r2vpo_ascend.trainer.engine import _buckets
+    tensors = [torch.zeros(5), torch.zeros(4, dtype=torch.bfloat16), torch.zeros(6), torch.zeros(20), torch.zeros(1),
+               torch.zeros(3, dtype=torch.bfloat16)]
+    buckets = _buckets(tensors, max_numel=10)
+    assert [[t.numel() for t in b] for b in buckets] == [[5], [6], [20], [1], [4, 3]]
+    assert all(len({t.dtype for t in b}) == 1 for b in buckets)
+    assert sorted(id(t) for b in buckets for t in b) == sorted(id(t) for t in tensors)  # each tensor once

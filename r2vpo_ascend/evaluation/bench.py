@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import device
-from r2vpo_ascend.data import build_prompt, load_problems
+from r2vpo_ascend.data import load_problems
 from r2vpo_ascend.evaluation.scoring import generate_and_score, summarize
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, SamplingConfig
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.setup import prompt_records, resolve_dtype, resolve_reward_fn
+from r2vpo_ascend.trainer.setup import prompt_records, resolve_dtype, resolve_reward_fn, with_prompts
 
 ENGINES = ("auto", "vllm", "hf")
 
@@ -74,11 +74,10 @@ def bench_records(bench: str, tokenizer, settings: EvalSettings) -> list[dict]:
     """Prompt records for `bench`: a built-in benchmark, `arithmetic`, or a data file/directory."""
     if bench == "arithmetic":  # the trainer's held-out split, so scores compare with eval/accuracy
         config = R2VPOConfig(dataset="arithmetic", eval_size=settings.limit or 128, seed=settings.seed,
-                             prompt_template=settings.prompt_template)
+                             prompt_template=settings.prompt_template, system_prompt=settings.system_prompt)
         return prompt_records(config, tokenizer, split="eval")
-    problems = load_problems(bench, split="test", limit=settings.limit)
-    return [dict(p, prompt=build_prompt(tokenizer, p["problem"], system_prompt=settings.system_prompt,
-                                        template=settings.prompt_template)) for p in problems]
+    return with_prompts(load_problems(bench, split="test", limit=settings.limit), tokenizer,
+                        template=settings.prompt_template, system_prompt=settings.system_prompt)
 
 
 def make_engine(kind: str, model, tokenizer, *, batch_size: int, seed: int = 0,
@@ -91,23 +90,29 @@ def make_engine(kind: str, model, tokenizer, *, batch_size: int, seed: int = 0,
     note = ""
     if kind in ("auto", "vllm"):
         if importlib.util.find_spec("vllm") is None:
+            if kind == "vllm":
+                raise ConfigError("--engine vllm: vLLM is not installed; install vLLM (plus vllm-ascend on Ascend, "
+                                  "see docs/deployment.md) or use --engine hf")
             note = "vLLM is not installed"
         else:
+            from r2vpo_ascend.rollout.vllm import VLLMEngine
             try:
-                from r2vpo_ascend.rollout.vllm import VLLMEngine
                 engine = VLLMEngine(model, tokenizer, seed=seed, max_model_len=max_model_len, **(vllm_kwargs or {}))
                 return engine, "vllm", ""
-            except Exception as e:  # auto: any failure to build the vLLM engine falls back to HF
+            except (ImportError, RuntimeError) as e:
+                # `auto` falls back to HF only where vLLM cannot run here (a missing platform
+                # plugin, no supported device); asked-for vLLM, or explicit --vllm-arg settings,
+                # fail with the cause, as does any other error (a bad argument, a bug).
+                if kind == "vllm" or vllm_kwargs:
+                    raise
                 note = f"vLLM engine unavailable ({type(e).__name__}: {e})"
-        if kind == "vllm":
-            raise ConfigError(f"--engine vllm: {note}; install vLLM (plus vllm-ascend on Ascend, see "
-                              "docs/deployment.md) or use --engine hf")
     return HFGenerateEngine(model, tokenizer, batch_size=batch_size), "hf", note
 
 
-def _versions() -> dict[str, str | None]:
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a run's numbers depend on (None: not installed)."""
     out = {}
-    for dist in ("r2vpo-ascend", "torch", "transformers", "math-verify", "vllm"):
+    for dist in ("r2vpo-ascend", "torch", "transformers", "math-verify", "deepspeed", "vllm"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -146,7 +151,7 @@ def run_eval(settings: EvalSettings) -> dict:
                      "top_p": None if settings.n == 1 else settings.top_p},
         "backend": backend.name, "dtype": str(dtype).replace("torch.", ""), "fused_patches": patched,
         "seed": settings.seed, "limit": settings.limit, "created": datetime.now(timezone.utc).isoformat(),
-        "python": platform.python_version(), "versions": _versions(), "benchmarks": {},
+        "python": platform.python_version(), "versions": package_versions(), "benchmarks": {},
     }
     verifiers: dict[str, Any] = {}  # one per kind, shared by the benchmarks (math_verify's workers start once)
     try:

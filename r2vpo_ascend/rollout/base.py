@@ -9,6 +9,7 @@ inherit the no-op `sync_weights`, `sleep` and `wake` below.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -50,3 +51,23 @@ class RolloutEngine(Protocol):
 
     def wake(self) -> None:
         """Retake that memory, before the next rollout (default: none held)."""
+
+
+def find_eos_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the generation config (model object or checkpoint path) and the tokenizer."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    if config is None and isinstance(model, (str, os.PathLike)):
+        try:
+            from transformers import GenerationConfig
+            config = GenerationConfig.from_pretrained(model)
+        except (OSError, ValueError):
+            config = None
+    if config is not None and config.eos_token_id is not None:
+        ids = [config.eos_token_id] if isinstance(config.eos_token_id, int) else list(config.eos_token_id)
+    tok_eos = getattr(tokenizer, "eos_token_id", None)
+    if tok_eos is not None and tok_eos not in ids:
+        ids.append(tok_eos)
+    if not ids:
+        raise RolloutError("neither the generation config nor the tokenizer defines an EOS token")
+    return ids

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from r2vpo_ascend.rollout.base import Generation, RolloutEngine, RolloutError, SamplingConfig
+from r2vpo_ascend.rollout.base import Generation, RolloutEngine, RolloutError, SamplingConfig, find_eos_ids
 
 
 class HFGenerateEngine(RolloutEngine):  # sleep/wake: nothing held outside the model
@@ -18,7 +18,7 @@ class HFGenerateEngine(RolloutEngine):  # sleep/wake: nothing held outside the m
             raise RolloutError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS token)")
         self.model = model
         self.pad_id = tokenizer.pad_token_id
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = find_eos_ids(model, tokenizer)
         self.batch_size = batch_size  # prompts × n per generate call, bounds activation memory
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, n: int = 1) -> list[list[Generation]]:
@@ -85,13 +85,3 @@ def _replace_inference_tensors(model: torch.nn.Module) -> None:
             for name, value in list(store.items()):
                 if isinstance(value, torch.Tensor) and value.is_inference():
                     store[name] = value.clone()
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise RolloutError("neither the model's generation_config nor the tokenizer defines an EOS token")
-    return ids

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from r2vpo_ascend.rollout.base import Generation, RolloutError, SamplingConfig
+from r2vpo_ascend.rollout.base import Generation, RolloutError, SamplingConfig, find_eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class VLLMEngine:
             self.close()
             raise
         tokenizer_obj = tokenizer if hasattr(tokenizer, "eos_token_id") else llm.get_tokenizer()
-        self._attach(llm, eos_ids=_eos_ids(model if from_memory else model_path, tokenizer_obj),
+        self._attach(llm, eos_ids=find_eos_ids(model if from_memory else model_path, tokenizer_obj),
                      sleep_level=sleep_level if enable_sleep_mode else None, weight_sync=weight_sync)
         if from_memory and llm_kwargs.get("load_format") == "dummy":
             self.sync_weights(model)
@@ -168,7 +168,7 @@ class VLLMEngine:
         engine.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="r2vpo-vllm-"))
         engine._cleanup = weakref.finalize(engine, shutil.rmtree, str(engine.work_dir), True) \
             if work_dir is None else None
-        engine._attach(llm, eos_ids=eos_ids or _eos_ids(None, tokenizer), sleep_level=sleep_level,
+        engine._attach(llm, eos_ids=eos_ids or find_eos_ids(None, tokenizer), sleep_level=sleep_level,
                        weight_sync=weight_sync)
         return engine
 
@@ -303,23 +303,3 @@ def _write_weights(model: torch.nn.Module, directory: Path) -> None:
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, directory / WEIGHTS_FILE)  # vLLM never sees a half-written file
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    """EOS ids from the generation config (model object or checkpoint path) and the tokenizer."""
-    ids: list[int] = []
-    config = getattr(model, "generation_config", None)
-    if config is None and isinstance(model, (str, os.PathLike)):
-        try:
-            from transformers import GenerationConfig
-            config = GenerationConfig.from_pretrained(model)
-        except (OSError, ValueError):
-            config = None
-    if config is not None and config.eos_token_id is not None:
-        ids = [config.eos_token_id] if isinstance(config.eos_token_id, int) else list(config.eos_token_id)
-    tok_eos = getattr(tokenizer, "eos_token_id", None)
-    if tok_eos is not None and tok_eos not in ids:
-        ids.append(tok_eos)
-    if not ids:
-        raise RolloutError("neither the generation config nor the tokenizer defines an EOS token")
-    return ids

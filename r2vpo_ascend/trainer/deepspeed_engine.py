@@ -42,6 +42,7 @@ from __future__ import annotations
 import atexit
 import copy
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -198,7 +199,7 @@ class DeepSpeedEngine:
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
-        return norm if norm == norm and abs(norm) != float("inf") else float("nan")
+        return norm if math.isfinite(norm) else float("nan")
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return sum_over_ranks(values, self.backend, self.world_size)

@@ -12,6 +12,7 @@ ranks; an engine whose framework averages over ranks must undo that mean.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Protocol
 
@@ -36,6 +37,7 @@ class TrainingEngine(Protocol):
     def state_dict(self) -> dict: ...  # collective with several processes: call on every rank
     def load_state_dict(self, state: dict) -> None: ...
     def save_pretrained(self, directory) -> None: ...  # collective: the full model, rank 0 writes
+    def frozen_copy(self) -> torch.nn.Module: ...  # the KL reference: the initial weights, frozen
 
 
 def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
@@ -60,11 +62,14 @@ def sum_over_ranks(values: torch.Tensor, backend, world_size: int) -> torch.Tens
     return device.all_reduce_sum(values.to(backend.device)).to(values.device)
 
 
+GRAD_BUCKET_NUMEL = 1 << 25  # 32M elements: 64 MiB in bf16, 128 MiB in float32
+
+
 class NativeEngine:
     """Plain PyTorch: the model on `backend.device`, AdamW, a warm-up/decay schedule, grad clipping.
 
     With several processes each rank keeps a full replica; `step` sums the gradients over
-    ranks (one flat all-reduce per dtype) so replicas stay identical.
+    ranks (bucketed all-reduces) so replicas stay identical.
     """
 
     def __init__(self, model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
@@ -108,16 +113,19 @@ class NativeEngine:
         return float(norm)
 
     def _sum_gradients_over_ranks(self, params: list[torch.nn.Parameter]) -> None:
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for p in params:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-        for grads in by_dtype.values():
+        """One all-reduce per bucket of same-dtype gradients, so the flat copy never holds more
+        than GRAD_BUCKET_NUMEL elements, whatever the model size."""
+        for grads in _buckets([p.grad for p in params], GRAD_BUCKET_NUMEL):
             flat = device.all_reduce_sum(_flatten_dense_tensors(grads))
             for grad, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
                 grad.copy_(summed)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return sum_over_ranks(values, self.backend, self.world_size)
+
+    def frozen_copy(self) -> torch.nn.Module:
+        """The KL reference policy: a frozen copy of the current (initial) weights."""
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
 
     @property
     def lr(self) -> float:
@@ -146,6 +154,18 @@ def _adamw_impl(model: torch.nn.Module) -> dict:
     same update rule), torch's own default elsewhere."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     return {"fused": True, "foreach": None} if on_cpu else {"fused": None, "foreach": None}
+
+
+def _buckets(tensors: list[torch.Tensor], max_numel: int) -> list[list[torch.Tensor]]:
+    """`tensors` grouped by dtype, each group cut into consecutive runs of at most `max_numel`
+    elements (a tensor larger than that gets a bucket of its own)."""
+    by_dtype: dict[torch.dtype, list[list[torch.Tensor]]] = {}
+    for t in tensors:
+        runs = by_dtype.setdefault(t.dtype, [[]])
+        if runs[-1] and sum(x.numel() for x in runs[-1]) + t.numel() > max_numel:
+            runs.append([])
+        runs[-1].append(t)
+    return [run for runs in by_dtype.values() for run in runs]
 
 
 def make_engine(model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,

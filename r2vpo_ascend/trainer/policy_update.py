@@ -18,7 +18,6 @@ and, under ZeRO-3, the weight all-gathers of its forward and backward).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 
@@ -39,8 +38,7 @@ class PolicyUpdater:
         self.fills_behaviour_log_probs = config.updates_per_step == 1
         self.ref_model = None
         if config.kl_coef > 0:  # an engine that partitions its weights (ZeRO-3) keeps a full copy for this
-            self.ref_model = engine.frozen_copy() if hasattr(engine, "frozen_copy") else \
-                copy.deepcopy(engine.model).eval().requires_grad_(False)
+            self.ref_model = engine.frozen_copy()
 
     # ---- behaviour log-probs --------------------------------------------------------------
     @torch.no_grad()
@@ -57,14 +55,17 @@ class PolicyUpdater:
         """`updates_per_step` optimiser steps (each followed by a dual step) on `batch`.
 
         `positions[i]`: index of `batch[i]` in the global batch (all ranks' samples in the order
-        one process would hold them). Default: this rank's samples dealt round-robin
-        (`rank + i·world_size`); in one process, the batch order.
+        one process would hold them); required with several processes. Default in one process:
+        the batch order.
         """
         cfg, engine = self.config, self.engine
         self._current_version = current_version
-        world, rank = engine.world_size, engine.rank
+        world = engine.world_size
         if positions is None:
-            positions = [rank + i * world for i in range(len(batch))]
+            if world > 1:
+                raise ValueError("update: pass `positions` (each sample's index in the global batch) "
+                                 "when training with several processes")
+            positions = list(range(len(batch)))
         if len(positions) != len(batch):
             raise ValueError(f"update: {len(positions)} positions for {len(batch)} samples")
         num_global = len(batch) if world == 1 else \

@@ -31,8 +31,14 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
                                 split=config.dataset_split if split == "train" else "test",
                                 limit=None if split == "train" else config.eval_size)
         template = config.prompt_template
+    return with_prompts(records, tokenizer, template=template, system_prompt=config.system_prompt)
+
+
+def with_prompts(records: list[dict], tokenizer, *, template: str | None, system_prompt: str | None) -> list[dict]:
+    """Each record with a `prompt`: its own `prompt` column if it has one, else its `problem`
+    rendered with the tokenizer's chat template (or `template`)."""
     return [dict(r, prompt=r["prompt"] if "prompt" in r else
-                 build_prompt(tokenizer, r["problem"], system_prompt=config.system_prompt, template=template))
+                 build_prompt(tokenizer, r["problem"], system_prompt=system_prompt, template=template))
             for r in records]
 
 
@@ -60,7 +66,9 @@ def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
                           f"and ops={config.arithmetic_ops}; "
                           f"lower dataset_size + eval_size ({wanted})"
                           + (f" (+ eval_size again for eval_split=validation: {needed})" if validation else ""))
-    eval_size = config.eval_size if config.eval_every > 0 else 0
+    # The held-out slices are reserved whether or not this run evaluates, so the training
+    # problems never include them (a later `r2vpo eval` on the same pool stays held out).
+    eval_size = config.eval_size
     if split == "train":
         return distinct[eval_size:eval_size + config.dataset_size]
     if validation:

@@ -32,6 +32,7 @@ from r2vpo_ascend.algos import DualController, compute_advantages
 from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count
 from r2vpo_ascend.rewards import validate_rewards
 from r2vpo_ascend.data import PromptSampler
+from r2vpo_ascend.evaluation.scoring import CORRECT_THRESHOLD
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -171,7 +172,8 @@ class R2VPOTrainer:
         t1 = time.perf_counter()
         update_metrics = self.updater.update(batch, current_version=self.version,   # loss, step, dual step
                                              positions=self._global_positions(len(fresh), len(replayed)))
-        self.buffer.add(self._gather_global(fresh))                         # replayable from next step
+        if cfg.replay_ratio > 0:
+            self.buffer.add(self._gather_global(fresh))                     # replayable from next step
         self.version += 1                                                   # a new policy version ...
         self.rollout_engine.sync_weights(self.engine.model)                 # ... pushed to the engine
         t_update = time.perf_counter() - t1
@@ -243,7 +245,7 @@ class R2VPOTrainer:
             rollout.reward = float(reward)
         rewards_t = self._global_rewards(fresh)
         metrics = {"reward/mean": rewards_t.mean().item(), "reward/std": rewards_t.std(unbiased=False).item(),
-                   "reward/solved_frac": (rewards_t > 0.5).float().mean().item()}
+                   "reward/solved_frac": (rewards_t > CORRECT_THRESHOLD).float().mean().item()}
         metrics.update(getattr(self.reward_fn, "last_metrics", None) or {})
         return metrics, rewards_t
 
