@@ -23,6 +23,9 @@ from typing import Any, Callable
 
 import torch
 
+import device
+from device.flops import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 _GIB = 1 << 30
 
@@ -31,7 +34,7 @@ def machine_info() -> dict[str, Any]:
     """Where and with what a benchmark ran (JSON-serialisable)."""
     info: dict[str, Any] = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_logical_cores": os.cpu_count(),
         "cpu_usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
@@ -43,9 +46,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "git_commit": _git_commit(),
     }
-    with contextlib.suppress(Exception):  # the device layer may be absent or broken: still record the rest
-        import device
-
+    with contextlib.suppress(Exception):  # no usable backend (e.g. R2VPO_DEVICE forced): still record the rest
         backend = device.current()
         info["backend"] = backend.describe()
         info["accelerator_versions"] = {k: v for k, v in device.hardware_versions().items() if v is not None}
@@ -87,33 +88,26 @@ HONEST_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 class PeakMemory:
-    """Peak memory above a baseline, in bytes, for this process.
+    """Peak memory above a baseline, in bytes, for this process, from the device backend's
+    `memory_stats()` (default: the CPU backend).
 
-    CPU: resident set size (VmHWM, reset through /proc/self/clear_refs on Linux).
-    Accelerator: the device backend's max allocated memory (`device.current().memory_stats()`).
+    CPU: resident set size (VmRSS; peak VmHWM, reset through /proc/self/clear_refs on Linux).
+    Accelerator: the backend's allocated / max allocated device memory.
     """
 
     def __init__(self, backend: Any | None = None):
-        self.backend = backend if backend is not None and getattr(backend, "is_accelerator", False) else None
+        self.backend = backend if backend is not None else device.get_backend("cpu")
         self.baseline = 0
 
     def reset(self) -> None:
         """Start a new measurement: the baseline is what is in use now."""
-        if self.backend is not None:
-            self.backend.synchronize()
-            self.backend.reset_peak_memory_stats()
-            self.baseline = int(self.backend.memory_stats()["allocated_gb"] * _GIB)
-        else:
-            with contextlib.suppress(OSError):
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            self.baseline = _proc_status_bytes("VmRSS")
+        self.backend.synchronize()
+        self.backend.reset_peak_memory_stats()
+        self.baseline = round(self.backend.memory_stats()["allocated_gb"] * _GIB)
 
     def peak_above_baseline(self) -> int:
-        if self.backend is not None:
-            self.backend.synchronize()
-            return int(self.backend.memory_stats()["max_allocated_gb"] * _GIB) - self.baseline
-        return _proc_status_bytes("VmHWM") - self.baseline
+        self.backend.synchronize()
+        return round(self.backend.memory_stats()["max_allocated_gb"] * _GIB) - self.baseline
 
 
 def time_call(fn: Callable[[], Any], *, sync: Callable[[], None] | None = None) -> tuple[float, float]:
@@ -135,15 +129,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _meminfo_gb(key: str) -> float:
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/meminfo") as f:
@@ -151,14 +136,6 @@ def _meminfo_gb(key: str) -> float:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024 / _GIB
     return float("nan")
-
-
-def _proc_status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def _git_commit() -> str | None:

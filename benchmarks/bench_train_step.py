@@ -4,10 +4,11 @@
     python benchmarks/bench_train_step.py --model openpangu-embedded-7b --layers 8 --batch 4
     python benchmarks/bench_train_step.py --model tiny --device cpu --dtype float32   # smoke run, seconds
 
-The step is the trainer's update path, whole: the decoder forward over prompt + response
-(`trainer.logprobs.response_log_probs`: the chunked log-prob head on the response columns
+The step is the trainer's update path, whole, through its `NativeEngine`: the decoder forward
+over prompt + response (`engine.log_probs`: the chunked log-prob head on the response columns
 only), the R²VPO loss (`compute_policy_loss("r2vpo")` with the trainer's LossReduction),
-backward, grad-norm clipping and AdamW (fused where torch has it for the device). Weights,
+`engine.backward` and `engine.step` (grad-norm clipping, then the engine's AdamW: the fused
+kernel on CPU, torch's default implementation on accelerators). Weights,
 gradients and optimizer states are all in `--dtype` (pure bf16 on accelerators, as the
 trainer's native engine runs them). Nothing is downloaded: the architecture comes from
 `MODEL_PRESETS` (openPangu-Embedded-1B's MLP width is not published: `--intermediate-size`,
@@ -26,16 +27,14 @@ not counted in MFU. Benchmarks measure; they assert nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import machine_info, median, time_call, write_results  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 TINY = {"num_layers": 2, "hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -124,7 +123,8 @@ def main(argv=None) -> dict:
 
     from r2vpo_ascend.algos import LossReduction, compute_policy_loss
     from r2vpo_ascend.trainer.batch import TokenBatch
-    from r2vpo_ascend.trainer.logprobs import response_log_probs
+    from r2vpo_ascend.trainer.config import R2VPOConfig
+    from r2vpo_ascend.trainer.engine import NativeEngine
 
     backend = device.get_backend("cpu") if args.device == "cpu" else device.current()
     dev, dtype = backend.device, DTYPES[args.dtype]
@@ -133,10 +133,9 @@ def main(argv=None) -> dict:
     model = build_model(arch, dtype, dev, args.seed)
     if args.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    engine = NativeEngine(model, R2VPOConfig(lr=1e-6, max_grad_norm=1.0), backend, dtype)  # train mode, AdamW
     n_params = sum(p.numel() for p in model.parameters())
     n_layer_params = sum(p.numel() for p in model.model.layers.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True if dev.type == "cpu" else None)
 
     B, P, T = args.batch, args.prompt_len, args.response_len
     gen = torch.Generator().manual_seed(args.seed)
@@ -150,32 +149,25 @@ def main(argv=None) -> dict:
 
     def step():
         nonlocal old_log_probs
-        logp, _ = response_log_probs(model, batch)
+        logp, _ = engine.log_probs(batch, temperature=1.0)
         if old_log_probs is None:
             old_log_probs = (logp.detach() + 0.05 * torch.randn_like(logp)).float()
         loss, _ = compute_policy_loss("r2vpo", logp, old_log_probs, advantages, batch.response_mask,
                                       lam=1.0, reduction=reduction)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        engine.backward(loss)
+        engine.step()
 
     for _ in range(args.warmup):
         step()
     backend.synchronize()
     if backend.is_accelerator:
         backend.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        backend.synchronize()
-        times.append(time.perf_counter() - t0)
+    times = [time_call(step, sync=backend.synchronize)[0] for _ in range(args.steps)]
 
     name = device_name(backend)
     peak = args.peak_tflops if args.peak_tflops is not None else peak_tflops(name, dtype)
     flops = count_flops(arch, n_layer_params, B, P, T)
-    step_s = statistics.median(times)
+    step_s = median(times)
     hardware = flops["model_flops"] + flops["head_recompute_flops"] + (flops["decoder_recompute_flops"] if args.grad_ckpt else 0)
     achieved = flops["model_flops"] / step_s / 1e12
     result = {

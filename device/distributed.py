@@ -111,7 +111,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj` (picklable), in rank order; `[obj]` without a group.
 
     Used for small host-side data (rollouts for the replicated replay buffer, RNG states
-    for checkpoints); tensors inside are moved to the CPU first so any backend can carry them.
+    for checkpoints). Tensors inside are sent as they are: pass CPU tensors (as the callers
+    do) so that every rank can unpickle them whatever its device.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]

@@ -39,6 +39,11 @@ def device_name(backend: Any) -> str:
     if backend.is_accelerator:
         module = getattr(torch, backend.device_type)
         return str(module.get_device_name(backend.device.index or 0))
+    return cpu_model()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; `platform` elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -46,7 +51,7 @@ def device_name(backend: Any) -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "cpu"
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def peak_tflops(name: str, dtype: torch.dtype = torch.bfloat16) -> float | None:

@@ -187,6 +187,7 @@ class Plan:
     tuning: dict               # (task, arm) -> [Run]
     main: dict                 # (task, arm, seed) -> Run
     settings: dict
+    choices: dict = field(default_factory=dict)   # (task, arm) -> tuning_choice, once its tuning runs finished
 
     def all_runs(self) -> list:
         return list(self.sft.values()) + [r for runs in self.tuning.values() for r in runs] + list(self.main.values())
@@ -203,19 +204,20 @@ def build_plan(args) -> Plan:
             raise SystemExit(f"unknown arm {name!r}; choose from {sorted(ARMS)}")
     steps = args.steps if args.steps is not None else max(1, round(STEPS * args.scale))
     tune_steps = args.tune_steps if args.tune_steps is not None else max(1, round(TUNE_STEPS * args.scale))
+    eval_every = max(1, steps // EVALS_PER_RUN)
+    sets = _parse_sets(args.set)
     common = dict(BASE, prompts_per_step=max(1, round(BASE["prompts_per_step"] * args.scale)),
                   num_threads=args.threads, data_seed=args.data_seed)
-    common.update(_parse_sets(args.set))
+    common.update(sets)
     seeds = list(range(args.seeds))
     tune = not args.no_tune
     sft, tuning, main = {}, {}, {}
     for task in tasks:
         task_cfg = dict(common, **TASKS[task].overrides)
-        task_cfg.update(_parse_sets(args.set))  # --set wins over the task too
+        task_cfg.update(sets)  # --set wins over the task too
         for seed in seeds + ([args.tune_seed] if tune else []):
             d = out / "sft" / task / f"seed{seed}"
-            cfg = dict(task_cfg, seed=seed, steps=0, eval_every=max(1, steps // EVALS_PER_RUN),
-                       eval_split="test", output_dir=str(d))
+            cfg = dict(task_cfg, seed=seed, steps=0, eval_every=eval_every, eval_split="test", output_dir=str(d))
             sft[(task, seed)] = Run("sft", task, seed, d, cfg)
         for arm in arms:
             if tune:
@@ -229,7 +231,7 @@ def build_plan(args) -> Plan:
                 d, warm = out / "runs" / task / arm / f"seed{seed}", sft[(task, seed)]
                 main[(task, arm, seed)] = Run("main", task, seed, d, _rl_config(task_cfg, arm, warm, steps, "test", d),
                                               arm=arm, deps=[warm] + tuning.get((task, arm), []))
-    settings = {"steps": steps, "tune_steps": tune_steps, "eval_every": max(1, steps // EVALS_PER_RUN),
+    settings = {"steps": steps, "tune_steps": tune_steps, "eval_every": eval_every,
                 "tune_eval_every": max(1, tune_steps // EVALS_PER_RUN), "scale": args.scale, "jobs": args.jobs,
                 "threads": args.threads, "tune_seed": args.tune_seed if tune else None, "common": common,
                 "command": "python -m experiments.paper_claims " + " ".join(sys.argv[1:])}
@@ -261,8 +263,11 @@ def _parse_sets(items) -> dict:
 def tuning_choice(plan: Plan, task: str, arm: str) -> dict:
     """The picked candidate of (task, arm): best mean validation accuracy over the last 5
     evaluations of its tuning run (ties: the default candidate if it is among them, else the
-    earlier one). Without tuning: the default."""
+    earlier one). Without tuning: the default. Kept in `plan.choices` once every tuning run
+    of (task, arm) has finished (has its done.json), so their metrics are read once."""
     from experiments.report import late_accuracy, read_run
+    if (task, arm) in plan.choices:
+        return plan.choices[(task, arm)]
     spec = ARMS[arm]
     runs = plan.tuning.get((task, arm))
     if not runs:
@@ -279,7 +284,10 @@ def tuning_choice(plan: Plan, task: str, arm: str) -> dict:
         raise RuntimeError(f"every tuning run of {task}/{arm} failed; see {runs[0].run_dir.parent}" if ran
                            else f"the tuning runs of {task}/{arm} have not run yet")
     index = -max(valid)[2]
-    return {"index": index, "overrides": spec.grid[index], "scores": scores, "tuned": True}
+    choice = {"index": index, "overrides": spec.grid[index], "scores": scores, "tuned": True}
+    if all((run.run_dir / "done.json").exists() for run in runs):
+        plan.choices[(task, arm)] = choice
+    return choice
 
 
 def resolved_config(plan: Plan, run: Run) -> dict:
@@ -372,7 +380,7 @@ def write_plan(plan: Plan) -> None:
                 choice = {"index": None, "overrides": {}, "scores": None, "tuned": False, "error": str(e)}
             tuning[f"{t}/{a}"] = dict(choice, grid=list(ARMS[a].grid), knob=ARMS[a].knob)
     meta = {"settings": plan.settings, "tasks": {t: dataclasses.asdict(TASKS[t]) for t in plan.tasks},
-            "arms": {a: {k: v for k, v in dataclasses.asdict(ARMS[a]).items()} for a in plan.arms},
+            "arms": {a: dataclasses.asdict(ARMS[a]) for a in plan.arms},
             "seeds": plan.seeds, "tune": plan.tune, "runs": runs, "tuning": tuning}
     (plan.out / "plan.json").write_text(json.dumps(meta, indent=1, default=str))
 
@@ -429,9 +437,10 @@ def main(argv=None) -> int:
     else:
         previous = plan.out / "plan.json"
         if previous.exists():  # keep the timing of the run that produced the data
-            old = json.loads(previous.read_text())["settings"]
-            plan.settings.update({k: old[k] for k in ("wall_s", "estimate_s", "command") if k in old})
-            statuses = {r["run_dir"]: r for r in json.loads(previous.read_text())["runs"]}
+            old = json.loads(previous.read_text())
+            plan.settings.update({k: old["settings"][k] for k in ("wall_s", "estimate_s", "command")
+                                  if k in old["settings"]})
+            statuses = {r["run_dir"]: r for r in old["runs"]}
             for r in runs:
                 prev = statuses.get(str(r.run_dir.relative_to(plan.out)))
                 if prev:

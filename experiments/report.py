@@ -19,6 +19,7 @@ Definitions (also stated in the report):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -66,19 +67,21 @@ def read_run(run_dir: str | Path) -> dict:
     return {"evals": evals, "steps": steps, "config": config, "wall_s": done.get("wall_s")}
 
 
+@functools.lru_cache(maxsize=None)
+def read_run_cached(run_dir: Path) -> dict:
+    """`read_run`, each run parsed once per report build (`build_report` clears it); read-only."""
+    return read_run(run_dir)
+
+
 def late_accuracy(evals: list, window: int = LATE_WINDOW) -> float:
     accs = [a for step, _, a in evals if step > 0] or [evals[-1][2]]
     return statistics.fmean(accs[-window:])
 
 
-def _median_of(steps: list, key: str):
+def _stat_of(steps: list, key: str, stat=statistics.fmean):
+    """`stat` (default: the mean) of `key` over the steps where it is a number; None if none."""
     values = [r[key] for r in steps if isinstance(r.get(key), (int, float))]
-    return statistics.median(values) if values else None
-
-
-def _mean_of(steps: list, key: str):
-    values = [r[key] for r in steps if isinstance(r.get(key), (int, float))]
-    return statistics.fmean(values) if values else None
+    return stat(values) if values else None
 
 
 def run_summary(run: dict) -> dict:
@@ -96,12 +99,12 @@ def run_summary(run: dict) -> dict:
         "worst_drop": max([0.0] + drops),
         "curve": [[ro, a] for _, ro, a in evals],
         "wall_s": run["wall_s"], "step_time_s": sum(r.get("perf/time_step_s", 0.0) for r in steps),
-        "means": {k: _mean_of(steps, k) for k in DIAG_KEYS},
+        "means": {k: _stat_of(steps, k) for k in DIAG_KEYS},
         "last": {k: next((r[k] for r in reversed(steps) if isinstance(r.get(k), (int, float))), None)
                  for k in ("r2vpo/lambda", "r2vpo/ratio_var")},
-        "buckets": {b: {k: _mean_of(steps, f"replay/staleness_{b}/{k}") for k in BUCKET_KEYS} for b in BUCKETS},
+        "buckets": {b: {k: _stat_of(steps, f"replay/staleness_{b}/{k}") for k in BUCKET_KEYS} for b in BUCKETS},
         # Outliers: one replayed token with a huge ρ makes V̂ (a mean of squares) huge for a step.
-        "ratio_var_median": _median_of(steps, "r2vpo/ratio_var"),
+        "ratio_var_median": _stat_of(steps, "r2vpo/ratio_var", statistics.median),
         "ratio_max_max": max([r["r2vpo/ratio_max"] for r in steps if isinstance(r.get("r2vpo/ratio_max"), (int, float))],
                              default=None),
         "lambda_high_frac": statistics.fmean(
@@ -116,10 +119,13 @@ def run_summary(run: dict) -> dict:
     return out
 
 
-def rollouts_to_target(curve: list, acc0: float, gain: float):
-    """First rollout count where the mean of this and the previous evaluation reaches acc0 + gain."""
+def rollouts_to_level(curve: list, level):
+    """First rollout count where the mean of this and the previous evaluation of `curve`
+    ([rollouts, accuracy, ...] rows) reaches `level`; None if never or `level` is None."""
+    if level is None:
+        return None
     for i in range(1, len(curve)):
-        if (curve[i - 1][1] + curve[i][1]) / 2 >= acc0 + gain - 1e-12:
+        if (curve[i - 1][1] + curve[i][1]) / 2 >= level - 1e-12:
             return curve[i][0]
     return None
 
@@ -166,7 +172,7 @@ def summarise(out_dir: Path) -> dict:
         if r["kind"] != "main":
             continue
         try:
-            runs[(r["task"], r["arm"], r["seed"])] = run_summary(read_run(out_dir / r["run_dir"]))
+            runs[(r["task"], r["arm"], r["seed"])] = run_summary(read_run_cached(out_dir / r["run_dir"]))
         except (FileNotFoundError, ValueError):
             pass
     seeds = plan["seeds"]
@@ -180,7 +186,7 @@ def summarise(out_dir: Path) -> dict:
         for arm, rs in arm_runs.items():
             for r in rs:
                 if r:
-                    r["to_target"] = rollouts_to_target(r["curve"], r["acc0"], target_gain) \
+                    r["to_target"] = rollouts_to_level(r["curve"], r["acc0"] + target_gain) \
                         if target_gain is not None else None
             ok = [r for r in rs if r]
             entry = {k: mean_std([r[k] for r in ok]) for k in
@@ -214,7 +220,7 @@ def summarise(out_dir: Path) -> dict:
                                             [r and r["acc_at_budget"] for r in rb]),
                     "relative_late": _rel(table[a]["late"]["mean"], table[b]["late"]["mean"]),
                     "to_target_rel": _rel(table[a]["to_target"]["mean"], table[b]["to_target"]["mean"]),
-                    "rollouts_to_match": _to_match(table[a]["curve"], table[b]["late"]["mean"]),
+                    "rollouts_to_match": rollouts_to_level(table[a]["curve"], table[b]["late"]["mean"]),
                 }
         acc0 = mean_std([r["acc0"] for rs in arm_runs.values() for r in rs if r])["mean"]
         # Every arm of a seed starts from the same saved warm start: their step-0 accuracies must agree.
@@ -240,16 +246,6 @@ def _mean_curve(curves: list) -> list:
         accs = [c[i][1] for c in curves]
         out.append([curves[0][i][0], statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0])
     return out
-
-
-def _to_match(curve: list, level):
-    """First rollouts where the seed-mean curve (mean of two consecutive evaluations) reaches `level`."""
-    if level is None:
-        return None
-    for i in range(1, len(curve)):
-        if (curve[i - 1][1] + curve[i][1]) / 2 >= level - 1e-12:
-            return curve[i][0]
-    return None
 
 
 def _claims(per_task: dict, arms: list) -> dict:
@@ -292,9 +288,12 @@ def build_report(out_dir: Path, report_path: Path, figures_dir: Path) -> dict:
     from experiments.report_figures import write_figures     # they import this module's helpers
     from experiments.report_markdown import write_markdown
     out_dir = Path(out_dir)
-    summary = summarise(out_dir)
-    figures = write_figures(summary, out_dir, Path(figures_dir)) if not summary["missing"] or any(
-        summary["tasks"][t]["arms"][a]["runs"] for t in summary["tasks"] for a in summary["tasks"][t]["arms"]) else {}
+    try:  # summarise and the figures share each run's parsed metrics.jsonl
+        summary = summarise(out_dir)
+        figures = write_figures(summary, out_dir, Path(figures_dir)) if not summary["missing"] or any(
+            e["runs"] for t in summary["tasks"].values() for e in t["arms"].values()) else {}
+    finally:
+        read_run_cached.cache_clear()
     write_markdown(summary, Path(report_path), figures)
     summary["figures"] = {k: str(v) for k, v in figures.items()}
     summary["report"] = str(report_path)

@@ -8,7 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
-from experiments.report import SMOOTH_STEPS, read_run
+from experiments.report import SMOOTH_STEPS, read_run_cached
 
 # ---- figures ------------------------------------------------------------------------------------------
 def _plt():
@@ -24,7 +24,7 @@ def _step_series(out_dir: Path, plan: dict, task: str, arm: str, key: str):
     for r in plan["runs"]:
         if r["kind"] == "main" and r["task"] == task and r["arm"] == arm:
             try:
-                steps = read_run(out_dir / r["run_dir"])["steps"]
+                steps = read_run_cached(out_dir / r["run_dir"])["steps"]
             except (FileNotFoundError, ValueError):
                 continue
             pts = [(s["rollouts"], s.get(key)) for s in steps]

@@ -17,11 +17,11 @@ def _pct(x, digits=1):
     return "–" if x is None else f"{100 * x:.{digits}f}"
 
 
-def _ms(d, pct=True, digits=1):
+def _ms(d, pct=True):
     if d is None or d.get("mean") is None:
         return "–"
     if pct:
-        return f"{100 * d['mean']:.{digits}f} ± {100 * d['std']:.{digits}f}"
+        return f"{100 * d['mean']:.1f} ± {100 * d['std']:.1f}"
     return f"{d['mean']:.0f} ± {d['std']:.0f}"
 
 
@@ -29,11 +29,11 @@ def _num(x, fmt="{:.3g}"):
     return "–" if x is None else fmt.format(x)
 
 
-def _paired_text(p, pct=True):
+def _paired_text(p):
     if not p or not p.get("n"):
         return "–"
     if p["n"] < 2:
-        return f"{100 * p['mean']:+.1f} pts (1 seed)" if pct else f"{p['mean']:+.0f} (1 seed)"
+        return f"{100 * p['mean']:+.1f} pts (1 seed)"
     return f"{100 * p['mean']:+.1f} ± {100 * p['std']:.1f} pts, {p['wins']}/{p['n']} seeds: **{p['verdict']}**"
 
 
@@ -247,8 +247,7 @@ def write_markdown(summary: dict, report_path: Path, figures: dict) -> None:
             if plan["arms"][a]["family"] != "r2vpo":
                 continue
             e = summary["tasks"][t]["arms"][a]
-            ch = plan["tuning"].get(f"{t}/{a}") or {}
-            delta = ch.get("overrides", {}).get("ratio_var_target", s["common"]["ratio_var_target"])
+            delta = _picked_delta(plan, t, a, s["common"]["ratio_var_target"])
             fixed = plan["arms"][a]["overrides"].get("dual_update") == "none"
             w(f"| {t} | `{a}` | {delta if not fixed else '– (λ fixed)'} | {_num(e['ratio_var_median'], '{:.2e}')} | "
               f"{_num(e['means']['r2vpo/ratio_var'], '{:.2e}')} | {_num(e['means']['r2vpo/lambda'], '{:.3g}')} | "
@@ -269,9 +268,8 @@ def write_markdown(summary: dict, report_path: Path, figures: dict) -> None:
       "`metrics.jsonl` and `stdout.log`: `<out>/sft/<task>/seed<s>` (warm starts), `<out>/tune/<task>/<arm>/cand<i>`, "
       "`<out>/runs/<task>/<arm>/seed<s>`; `<out>/plan.json` lists them all with their status, `<out>/summary.json` "
       "holds every number of this page.\n")
-    kept = ""
-    if report_path.exists() and HAND_WRITTEN in report_path.read_text():
-        kept = report_path.read_text().split(HAND_WRITTEN, 1)[1]
+    old = report_path.read_text() if report_path.exists() else ""
+    kept = old.split(HAND_WRITTEN, 1)[1] if HAND_WRITTEN in old else ""
     w(HAND_WRITTEN + (kept if kept.strip() else "\n\n## Interpretation\n\n(Written by hand after reading the "
                       "numbers above; this section survives `--report-only` rebuilds.)\n"))
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +278,12 @@ def write_markdown(summary: dict, report_path: Path, figures: dict) -> None:
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def _picked_delta(plan: dict, task: str, arm: str, default=None):
+    """The δ (`ratio_var_target`) tuning picked for (task, arm), else `default`."""
+    choice = plan["tuning"].get(f"{task}/{arm}") or {}
+    return choice.get("overrides", {}).get("ratio_var_target", default)
 
 
 def _fmt_overrides(d: dict) -> str:
@@ -308,8 +312,7 @@ def _reading(summary: dict) -> str:
         for a, e in tt["arms"].items():
             if plan["arms"][a]["family"] != "r2vpo" or plan["arms"][a]["overrides"].get("dual_update") == "none":
                 continue
-            ch = plan["tuning"].get(f"{t}/{a}") or {}
-            delta = ch.get("overrides", {}).get("ratio_var_target")
+            delta = _picked_delta(plan, t, a)
             v, lam = e["means"]["r2vpo/ratio_var"], e["means"]["r2vpo/lambda"]
             eureka = e["means"]["ratio/pos_adv_above_clip_frac"]
             if v is not None and lam is not None:

@@ -26,15 +26,21 @@ def schedule(runs: list, jobs: int, start, on_finish=None) -> None:
         return any(d.status in ("failed", "skipped") for d in hard) or \
             (tune and all(d.status in ("failed", "skipped") for d in tune))
 
+    def take(run) -> bool:
+        """Take a ready run off `pending`: True if it may start, else it is skipped (and reported)."""
+        pending.remove(run)
+        if blocked(run):
+            run.status, run.message = "skipped", "a run it depends on failed"
+            on_finish and on_finish(run)
+            return False
+        return True
+
     if jobs <= 0:
         while pending:
             run = next(r for r in pending if ready(r))
-            pending.remove(run)
-            if blocked(run):
-                run.status, run.message = "skipped", "a run it depends on failed"
-            else:
+            if take(run):
                 start(run)
-            on_finish and on_finish(run)
+                on_finish and on_finish(run)
         return
     with ThreadPoolExecutor(jobs) as pool:
         active = {}
@@ -42,12 +48,8 @@ def schedule(runs: list, jobs: int, start, on_finish=None) -> None:
             for run in sorted([r for r in pending if ready(r)], key=lambda r: -r.cost()):
                 if len(active) >= jobs:
                     break
-                pending.remove(run)
-                if blocked(run):
-                    run.status, run.message = "skipped", "a run it depends on failed"
-                    on_finish and on_finish(run)
-                    continue
-                active[pool.submit(start, run)] = run
+                if take(run):
+                    active[pool.submit(start, run)] = run
             if not active:
                 if pending and not any(ready(r) for r in pending):
                     raise RuntimeError("scheduler: runs left whose dependencies never finish")

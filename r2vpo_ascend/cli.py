@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
     else:
         config = R2VPOConfig.from_dict(parse_overrides(args.overrides), source="command line")
     # Hardware runtime variables, before the first device operation, from THIS run's settings
-    # (vllm-ascend's sleep mode needs a different NPU allocator setting).
+    # (vLLM's sleep mode needs a different device allocator setting on some hardware).
     device.prepare_runtime_env(sleep_mode=config.rollout_engine == "vllm" and config.vllm_sleep_mode,
                                collective_timeout_s=config.collective_timeout_s)
     if args.print_config:

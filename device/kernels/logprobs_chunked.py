@@ -222,10 +222,8 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
         if expected_w is not None:
             expected_w.div_(run_sum.unsqueeze(1))
             ctx.save_for_backward(weight, safe_labels, valid, expected_w)
-            ctx.set_materialize_grads(False)
-            ctx.mark_non_differentiable(entropy)
-            return log_probs, entropy
-        ctx.save_for_backward(hidden, weight, bias, safe_labels, valid, lse, entropy)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, safe_labels, valid, lse, entropy)
         ctx.set_materialize_grads(False)
         if run_ent is None:
             ctx.mark_non_differentiable(entropy)
