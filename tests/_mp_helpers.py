@@ -1,4 +1,5 @@
-"""Helpers for the multi-process tests (test_multiprocess.py, test_deepspeed.py).
+"""Helpers for the multi-process tests (test_multiprocess.py, test_deepspeed.py, test_device.py,
+test_losses_distributed.py) and for reading a run's metrics (also test_resume.py).
 
 Importable by spawned workers and by `torchrun` subprocesses (tests/ on PYTHONPATH), so the
 reward functions can be named as `reward=python:_mp_helpers:<name>`.
@@ -10,12 +11,16 @@ import hashlib
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from r2vpo_ascend.rollout.base import RolloutEngine
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---- rewards for `reward=python:_mp_helpers:...` ---------------------------------------------
 
@@ -96,6 +101,27 @@ def join_group(rank: int, world_size: int, port: int, timeout_s: float = 120):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     return device.init_distributed(device.get_backend("cpu"), timeout_s=timeout_s)
+
+
+def torchrun(run_args: list[str], env: dict | None = None, timeout: float = 150,
+             nproc: int = 2) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc_per_node <nproc> --standalone -m r2vpo_ascend.cli
+    train --no-plot <run_args>` on the CPU, with tests/ on PYTHONPATH (for `reward=python:_mp_helpers:...`)
+    and `env` on top of the environment; output captured as text, not checked."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
+           "-m", "r2vpo_ascend.cli", "train", "--no-plot", *run_args]
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+                "R2VPO_DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics_by_step(out: Path, numeric_only: bool = False) -> dict[int, dict]:
+    """`<out>/metrics.jsonl` as {step: row}, without the `perf/*` timings (which differ between
+    runs) and, with `numeric_only`, without non-numeric values."""
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: {k: v for k, v in r.items()
+                        if not k.startswith("perf/") and (not numeric_only or isinstance(v, (int, float)))}
+            for r in rows}
 
 
 def rollout_digest(r) -> tuple:
@@ -273,7 +299,7 @@ def _trainer_case(rank, out: Path) -> dict:
 def zero_configs(out_dir: Path) -> dict[int, str]:
     """ZeRO-1/2/3 JSON files derived from the shipped configs/deepspeed/zero{2,3}.json; ZeRO-3
     with a parameter persistence threshold of 0, so that even the tiny model is partitioned."""
-    root = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
+    root = ROOT / "configs" / "deepspeed"
     paths = {}
     for stage in (1, 2, 3):
         config = json.loads((root / ("zero3.json" if stage == 3 else "zero2.json")).read_text())

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -111,22 +109,14 @@ RUN = ["engine=deepspeed", "model=tiny", "dataset=arithmetic", "dataset_size=64"
 
 
 def torchrun(out: Path, *overrides: str, timeout: float = 240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "r2vpo_ascend.cli", "train", "--no-plot", *RUN, f"output_dir={out}", *overrides]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), R2VPO_DEVICE="cpu",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    """A 2-process run of RUN + overrides in `out`, which must succeed."""
+    res = helpers.torchrun([*RUN, f"output_dir={out}", *overrides], timeout=timeout)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
 
 
-def _rows(out: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows}
-
-
 def _check_run(out: Path, steps: int) -> dict[int, dict]:
-    rows = {s: r for s, r in _rows(out).items() if s > 0}
+    rows = {s: r for s, r in helpers.metrics_by_step(out).items() if s > 0}
     assert sorted(rows) == list(range(1, steps + 1))
     assert [rows[s]["rollouts"] for s in rows] == [16 * s for s in rows]
     for row in rows.values():

@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import random
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import _mp_helpers as helpers
 import device
 from device import ascend_env
 from device import backend as backend_module
@@ -216,19 +216,10 @@ def test_bad_torchrun_environment_is_reported(monkeypatch):
         device.init_distributed(device.current())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_rank_worker(rank: int, port: int, failure: str, timeout_s: float, out_dir: str) -> None:
     """Both ranks all-reduce once; then rank 1 fails (`exits` or `hangs`) and rank 0 tries again."""
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
     result_file = os.path.join(out_dir, "rank0.json")
-    info = device.init_distributed(device.get_backend("cpu"), timeout_s=timeout_s)
+    info = helpers.join_group(rank, 2, port, timeout_s=timeout_s)
     total = device.all_reduce_sum(torch.tensor([float(rank + 1)])).item()
     if rank == 1:
         if failure == "hangs":  # stay alive without joining the collective, until rank 0 is done
@@ -256,7 +247,7 @@ def _two_rank_worker(rank: int, port: int, failure: str, timeout_s: float, out_d
 @pytest.mark.parametrize("failure", ["exits", "hangs"])
 def test_two_gloo_processes_sum_and_fail_in_bounded_time_when_a_rank_dies(tmp_path, failure):
     timeout_s = 4.0
-    mp.spawn(_two_rank_worker, args=(_free_port(), failure, timeout_s, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_two_rank_worker, args=(helpers.free_port(), failure, timeout_s, str(tmp_path)), nprocs=2, join=True)
     record = json.loads((tmp_path / "rank0.json").read_text())
     assert (record["rank"], record["world_size"], record["is_main"]) == (0, 2, True)
     assert record["sum"] == 3.0  # 1 + 2

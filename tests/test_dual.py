@@ -45,7 +45,12 @@ def test_max_step_bounds_the_multiplicative_exponent():
     dual = DualController(init_lambda=2.0, target=0.01, lr=0.5, mode="multiplicative", max_step=0.1)
     assert dual.update(10.0) == pytest.approx(2.0 * math.exp(0.1))
     assert dual.update(0.0) == pytest.approx(2.0 * math.exp(0.1) * math.exp(-0.1))
-    assert dual.state_dict()["max_step"] == 0.1
+    # After a resume (a fresh controller with the same max_step, loaded from the state), an
+    # outlier V̂ (unbounded: exponent 5e7, straight to lambda_max) is still one exp(0.1) step.
+    restored = DualController(init_lambda=1.0, target=0.01, lr=0.5, mode="multiplicative", max_step=0.1)
+    restored.load_state_dict(dual.state_dict())
+    assert restored.lam == dual.lam and restored.num_updates == 2
+    assert restored.update(1e6) == pytest.approx(dual.lam * math.exp(0.1))
 
 
 def test_multiplicative_update_and_growth_from_zero():

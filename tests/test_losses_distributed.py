@@ -3,7 +3,6 @@ c, V̂, the metrics and λ after the dual step are identical on both ranks and e
 single-process values on the whole batch, and the per-rank gradients add up to the
 single-process gradient."""
 
-import socket
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -12,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import _mp_helpers as helpers
 from r2vpo_ascend.algos import DualController, LossReduction, PolicyLossConfig, compute_policy_loss
 
 WORLD_SIZE = 2
@@ -77,17 +77,11 @@ def _worker(rank, port, out_path):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.multiproc
 @pytest.mark.timeout(60)
 def test_two_ranks_match_single_process(tmp_path):
     out_path = str(tmp_path / "results")
-    mp.spawn(_worker, args=(free_port(), out_path), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(helpers.free_port(), out_path), nprocs=WORLD_SIZE, join=True)
     per_rank = [torch.load(f"{out_path}.rank{rank}", weights_only=True) for rank in range(WORLD_SIZE)]
 
     log_probs, old, advantages, mask = make_batch()

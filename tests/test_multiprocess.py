@@ -9,11 +9,7 @@ fails the job in bounded time, and a 2-process run resumes from its checkpoint e
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +19,6 @@ import torch.multiprocessing as mp
 
 import _mp_helpers as helpers
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.multiproc
 
 
@@ -110,7 +105,8 @@ def test_two_rank_training_equals_one_process_training(procs):
     ranks, single = [procs[r]["trainer"] for r in (0, 1)], procs[2]["trainer"]
     assert ranks[0]["lambda"] == ranks[1]["lambda"] == pytest.approx(single["lambda"], rel=1e-5)
     _assert_close_params(ranks[0]["params"], ranks[1]["params"], atol=0.0)  # replicas identical
-    multi_rows, single_rows = _metrics(Path(ranks[0]["output_dir"])), _metrics(Path(single["output_dir"]))
+    multi_rows = helpers.metrics_by_step(Path(ranks[0]["output_dir"]), numeric_only=True)
+    single_rows = helpers.metrics_by_step(Path(single["output_dir"]), numeric_only=True)
     assert sorted(multi_rows) == sorted(single_rows) == [1, 2, 3]
     for step, ref in single_rows.items():
         for key, value in ref.items():
@@ -121,12 +117,6 @@ def test_two_rank_training_equals_one_process_training(procs):
     _assert_close_params(ranks[0]["params"], single["params"], atol=5e-5)
 
 
-def _metrics(out: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/") and isinstance(v, (int, float))}
-            for r in rows}
-
-
 # ---- 4-5. torchrun jobs: a failing rank, and resume ------------------------------------------
 RUN = ["model=tiny", "dataset=arithmetic", "dataset_size=64", "eval_every=0", "prompts_per_step=4",
        "num_generations=4", "max_new_tokens=4", "sft_steps=0", "lr=1e-3", "replay_ratio=0.5", "updates_per_step=2",
@@ -135,12 +125,10 @@ RUN = ["model=tiny", "dataset=arithmetic", "dataset_size=64", "eval_every=0", "p
 
 
 def torchrun(out: Path, *overrides: str, env: dict | None = None, timeout: float = 150):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "r2vpo_ascend.cli", "train", "--no-plot", *RUN, f"output_dir={out}", *overrides]
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), R2VPO_DEVICE="cpu",
-                    PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", R2VPO_TEST_OUTPUT=str(out), **(env or {}))
+    """A 2-process run of RUN + overrides in `out` → (result, start time, end time)."""
     started = time.time()
-    res = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    res = helpers.torchrun([*RUN, f"output_dir={out}", *overrides],
+                           env={"R2VPO_TEST_OUTPUT": str(out), **(env or {})}, timeout=timeout)
     return res, started, time.time()
 
 
@@ -170,7 +158,7 @@ def test_dead_rank_fails_the_job_quickly_and_the_run_resumes_exactly(tmp_path, s
     resumed, *_ = torchrun(out, "steps=4", "collective_timeout_s=30")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[resume] from" in resumed.stdout and "at step 2" in resumed.stdout
-    a, b = _metrics(straight_run), _metrics(out)
+    a, b = helpers.metrics_by_step(straight_run, numeric_only=True), helpers.metrics_by_step(out, numeric_only=True)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in (3, 4):  # per-rank RNG states were restored: same samples, same updates
         assert b[step] == a[step], f"step {step} differs after resume"

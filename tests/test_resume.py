@@ -1,7 +1,6 @@
 """Exact resume: kill -9 a training process mid-run, resume, and the following steps' metrics
 equal those of an uninterrupted run (CPU, same seed)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import _mp_helpers as helpers
+
 OVERRIDES = ["model=tiny", "dataset=arithmetic", "dataset_size=64", "eval_size=8", "eval_every=3", "steps=8",
              "prompts_per_step=4", "num_generations=4", "max_new_tokens=4", "sft_steps=3", "lr=1e-3",
              "replay_ratio=0.5", "updates_per_step=2", "save_every=2", "num_threads=1", "progress_bar=off"]
@@ -18,11 +19,6 @@ OVERRIDES = ["model=tiny", "dataset=arithmetic", "dataset_size=64", "eval_size=8
 
 def _cmd(out: Path) -> list[str]:
     return [sys.executable, "-m", "r2vpo_ascend.cli", "train", "--no-plot", *OVERRIDES, f"output_dir={out}"]
-
-
-def _metrics(out: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows}
 
 
 @pytest.mark.slow
@@ -45,7 +41,7 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path):
     resumed = subprocess.run(_cmd(killed), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "[resume]" in resumed.stdout
-    a, b = _metrics(straight), _metrics(killed)
+    a, b = helpers.metrics_by_step(straight), helpers.metrics_by_step(killed)
     assert sorted(a) == sorted(b) == list(range(0, 9))
     for step in range(5, 9):
         assert a[step] == b[step], f"step {step} differs after resume"
