@@ -9,15 +9,12 @@ reach neither the loss nor its gradient.
 from __future__ import annotations
 
 import torch
+from .errors import NonFiniteError  # noqa: F401  (re-exported)
 
 # Log-ratios are clamped to [-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP] before exp: exp(20) ≈ 4.9e8
 # is finite in float32 (and its square, 2.4e17, too). This is overflow safety, NOT a trust
 # region: no ratio in a normal range (|log ρ| < 20) is affected.
 LOG_RATIO_CLAMP = 20.0
-
-
-class NonFiniteError(ValueError):
-    """A tensor that must be finite (under its mask) holds NaN or ±inf."""
 
 
 def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None) -> None:

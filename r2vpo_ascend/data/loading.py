@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from r2vpo_ascend.algos.errors import DataError  # noqa: F401  (re-exported)
 
 BENCHMARK_DIR = Path(__file__).resolve().parent / "benchmarks"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -17,10 +18,6 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 # name -> folder under benchmarks/; each folder holds one file per split, e.g. test.jsonl.
 BUILTIN_BENCHMARKS = {"gsm8k": "gsm8k", "math500": "math500", "aime24": "aime2024", "aime25": "aime2025"}
 _ALIASES = {"math-500": "math500", "aime2024": "aime24", "aime2025": "aime25"}
-
-
-class DataError(ValueError):
-    """A data source is missing, unreadable or does not have the expected fields."""
 
 
 def builtin_splits(name: str) -> list[str]:

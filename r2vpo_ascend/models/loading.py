@@ -17,10 +17,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from r2vpo_ascend.models.tiny import build_tiny_model
 from r2vpo_ascend.models.tokenizer import build_char_tokenizer
-
-
-class ModelLoadError(ValueError):
-    pass
+from r2vpo_ascend.algos.errors import ModelLoadError  # noqa: F401  (re-exported)
 
 
 def load_model_and_tokenizer(spec: str, *, tokenizer: str | None = None, trust_remote_code: bool = False,

@@ -14,10 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from typing import Any, Protocol, Sequence
-
-
-class RewardError(ValueError):
-    """A reward function was misused or returned something that is not one finite number per completion."""
+from r2vpo_ascend.algos.errors import RewardError  # noqa: F401  (re-exported)
 
 
 class RewardFn(Protocol):

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-
-
-class RolloutError(RuntimeError):
-    """The engine produced something the trainer cannot use (e.g. no responses)."""
+from r2vpo_ascend.algos.errors import RolloutError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

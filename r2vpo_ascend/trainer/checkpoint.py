@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from r2vpo_ascend.algos.errors import CheckpointError  # noqa: F401  (re-exported)
 
 MARKER = "COMPLETE"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def _fsync_dir(path: Path) -> None:

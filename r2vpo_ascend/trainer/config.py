@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -38,10 +39,6 @@ _Yaml12Loader.add_implicit_resolver(
 
 def load_yaml(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
-
-
-class ConfigError(ValueError):
-    """A user-caused configuration mistake; the message names the field and what was expected."""
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):

@@ -7,10 +7,7 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
-
-
-class MissingExtraError(ImportError):
-    pass
+from r2vpo_ascend.algos.errors import MissingExtraError  # noqa: F401  (re-exported)
 
 
 def _clean(value: Any):
