@@ -163,7 +163,7 @@ class RatioStats:
         return self.ess / self.num_tokens if self.num_tokens > 0 else 0.0
 
     def to_metrics(self) -> dict[str, float]:
-        """The ratio metrics every policy loss reports (stable names, R2VPO_SPEC.md)."""
+        """The ratio metrics every policy loss reports (stable names, docs/algorithms.md "Metrics")."""
         return {
             "r2vpo/ratio_mean": self.mean(),
             "r2vpo/ratio_var": self.ratio_var(),
