@@ -37,7 +37,7 @@ from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.engine import make_engine
+from r2vpo_ascend.engines import make_engine
 from r2vpo_ascend.trainer.evaluation import evaluate
 from r2vpo_ascend.trainer.loggers import MetricsLogger
 from r2vpo_ascend.trainer.policy_update import PolicyUpdater
