@@ -30,18 +30,18 @@ import torch
 import device
 from r2vpo_ascend.algos import DualController, compute_advantages
 from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count
-from r2vpo_ascend.rewards import validate_rewards
+from r2vpo_ascend.rewards import CORRECT_THRESHOLD
 from r2vpo_ascend.data import PromptSampler
-from r2vpo_ascend.evaluation.scoring import CORRECT_THRESHOLD
+from r2vpo_ascend.evaluation import check_groups, evaluate, score_completions, tokenize_prompts
+from r2vpo_ascend.models.dtypes import resolve_dtype
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
 from r2vpo_ascend.engines import make_engine
-from r2vpo_ascend.trainer.evaluation import evaluate
 from r2vpo_ascend.trainer.loggers import MetricsLogger
 from r2vpo_ascend.trainer.policy_update import PolicyUpdater
-from r2vpo_ascend.trainer.setup import prompt_records, resolve_dtype, resolve_reward_fn
+from r2vpo_ascend.trainer.setup import config_records, config_reward_fn
 from r2vpo_ascend.trainer.sft import sft_warm_start
 
 
@@ -80,7 +80,7 @@ class R2VPOTrainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.backend.manual_seed(config.seed + self.dist.rank)  # ranks sample different responses
-        dtype = resolve_dtype(config, self.backend)
+        dtype = resolve_dtype(config.dtype, self.backend)
         if model is None or isinstance(model, (str, Path)):
             model, loaded_tok = load_model_and_tokenizer(str(model or config.model), tokenizer=config.tokenizer,
                                                          trust_remote_code=config.trust_remote_code,
@@ -94,11 +94,11 @@ class R2VPOTrainer:
             enable_gradient_checkpointing(model)
         self.engine = make_engine(model, config, self.backend, dtype, self.dist)
         self.rollout_engine = rollout_engine or self._make_rollout_engine()
-        self.reward_fn = reward_fn or resolve_reward_fn(config)
+        self.reward_fn = reward_fn or config_reward_fn(config)
         self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
-            else prompt_records(config, tokenizer, split="train")
+            else config_records(config, tokenizer, split="train")
         self.eval_records = _as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
-            else (prompt_records(config, tokenizer, split="eval") if config.eval_every > 0 else [])
+            else (config_records(config, tokenizer, split="eval") if config.eval_every > 0 else [])
         if len(self.train_records) < config.prompts_per_step:
             raise ConfigError(f"the training set has {len(self.train_records)} prompts, fewer than "
                               f"prompts_per_step={config.prompts_per_step}")
@@ -207,13 +207,11 @@ class R2VPOTrainer:
         the update's forward pass, which computes exactly the same thing.
         """
         cfg = self.config
-        prompt_ids = [self.tokenizer(r["prompt"])["input_ids"][-cfg.max_prompt_length:] for r in records]
+        prompt_ids = tokenize_prompts(self.tokenizer, records, cfg.max_prompt_length)
         self.rollout_engine.wake()
         groups = self.rollout_engine.generate(prompt_ids, self.sampling, n=cfg.num_generations)
         self.rollout_engine.sleep()
-        if len(groups) != len(records) or any(len(g) != cfg.num_generations for g in groups):
-            raise RolloutError(f"rollout engine returned {[len(g) for g in groups]} responses per prompt; "
-                               f"expected {cfg.num_generations} for each of {len(records)} prompts")
+        check_groups(groups, len(records), cfg.num_generations)
         if all(len(g.response_ids) == 0 for group in groups for g in group):
             raise RolloutError("every generated response is empty (0 tokens): check max_new_tokens, the prompt "
                                "length against the model's context, and the tokenizer's EOS token")
@@ -235,12 +233,8 @@ class R2VPOTrainer:
 
         Returns the reward metrics and the GLOBAL batch's rewards `[N_global]` (gathered once here,
         reused by `assign_advantages`)."""
-        G = self.config.num_generations
         completions = [self.tokenizer.decode(r.response_ids, skip_special_tokens=True) for r in fresh]
-        columns = {k: [rec[k] for rec in records for _ in range(G)] for k in records[0] if k != "prompt"}
-        prompts = [rec["prompt"] for rec in records for _ in range(G)]
-        rewards = validate_rewards(self.reward_fn(prompts=prompts, completions=completions, **columns),
-                                   len(fresh), getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__))
+        rewards = score_completions(self.reward_fn, records, completions, self.config.num_generations)
         for rollout, reward in zip(fresh, rewards):
             rollout.reward = float(reward)
         rewards_t = self._global_rewards(fresh)
