@@ -246,7 +246,6 @@ class R2VPOTrainer:
                 fresh.append(Rollout(prompt_ids=g.prompt_ids, response_ids=g.response_ids, old_log_probs=None,
                                      reward=0.0, advantage=0.0, version=self.version,
                                      group_id=self.next_group_id + self.dist.rank + i * self.dist.world_size,
-                                     prompt_index=None,
                                      extras={"finished": g.finished}))
         self.next_group_id += len(records) * self.dist.world_size
         if not self.updater.fills_behaviour_log_probs:
