@@ -78,7 +78,8 @@ class R2VPOConfig:
     arithmetic_terms: int = _f(2, "Operands per problem of the built-in `arithmetic` task.")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
     data_seed: int | None = _f(None, "Seed of the built-in `arithmetic` task's problem pool and of its train / test / "
-                               "validation split; default: `seed`. Fix it to compare seeds on the same split.")
+                               "validation split, and of the held-out rows carved from a local file; default: `seed`. "
+                               "Fix it to compare seeds on the same split.")
     problem_key: str = _f("problem", "Dataset column holding the problem text.")
     answer_key: str = _f("answer", "Dataset column holding the reference answer.")
     prompt_template: str | None = _f(None, "Prompt template containing `{problem}`; default: the tokenizer's chat "
@@ -90,7 +91,10 @@ class R2VPOConfig:
     verify_timeout_s: float = _f(5.0, "Per-completion time limit for math verification (a timeout scores 0).",
                                  on_resume=MAY_CHANGE)
     eval_dataset: str | None = _f(None, "Held-out prompts for periodic evaluation (same forms as `dataset`); "
-                                  "for `arithmetic` a disjoint generated split is used when unset.",
+                                  "when unset: for `arithmetic` a disjoint generated split; for a local file (or a "
+                                  "directory without a test file) `eval_size` rows carved from it, seeded by "
+                                  "`data_seed`, and left out of training (even with eval_every=0, so that "
+                                  "the training rows never depend on it); otherwise the dataset's `test` split.",
                                   on_resume=MAY_CHANGE)
     eval_size: int = _f(128, "Number of held-out problems evaluated (greedy decoding).", on_resume=MAY_CHANGE)
     eval_every: int = _f(10, "Evaluate every N RL steps (0 disables; step 0 and the last step always run if > 0).",
@@ -280,7 +284,9 @@ class R2VPOConfig:
         lines = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r})\n    {f.metadata['help']}")
+            resume = "may change on resume" if f.metadata.get("on_resume") == MAY_CHANGE else "fixed on resume"
+            lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r}, {resume})\n"
+                         f"    {f.metadata['help']}")
         return "\n".join(lines)
 
 

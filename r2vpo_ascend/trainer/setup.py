@@ -7,7 +7,8 @@ from typing import Callable
 
 import torch
 
-from r2vpo_ascend.data import build_prompt, load_problems, make_arithmetic_dataset
+from r2vpo_ascend.data import build_prompt, make_arithmetic_dataset
+from r2vpo_ascend.data.heldout import load_split
 from r2vpo_ascend.rewards import get_reward_fn
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
 
@@ -27,9 +28,11 @@ def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
         records = arithmetic_split(config, split)
         template = config.prompt_template or ARITHMETIC_TEMPLATE
     else:
-        records = load_problems(source, problem_key=config.problem_key, answer_key=config.answer_key,
-                                split=config.dataset_split if split == "train" else "test",
-                                limit=None if split == "train" else config.eval_size)
+        # No eval_dataset and one local file: a seeded held-out slice of it (data/heldout.py).
+        records = load_split(source, split=split, train_split=config.dataset_split, eval_size=config.eval_size,
+                             seed=config.seed if config.data_seed is None else config.data_seed,
+                             carve=config.eval_dataset is None,
+                             problem_key=config.problem_key, answer_key=config.answer_key)
         template = config.prompt_template
     return with_prompts(records, tokenizer, template=template, system_prompt=config.system_prompt)
 
