@@ -132,10 +132,19 @@ class R2VPOTrainer:
         return HFGenerateEngine(model, self.tokenizer)
 
     # ---- the loop -------------------------------------------------------------------------
+    # Set up by train(); these defaults serve callers that drive `_run_step` themselves (benchmarks).
+    stop_signals = StopSignals(enabled=False)
+
+    @property
+    def guard(self) -> DivergenceGuard:
+        if "_guard" not in self.__dict__:
+            self._guard = DivergenceGuard(self.config.max_bad_steps)
+        return self._guard
+
     def train(self) -> TrainResult:
         """One run at a time per output_dir (rank 0 locks it); SIGINT/SIGTERM stop at a step
         boundary with a checkpoint (single process); see docs/reliability.md."""
-        self.guard = DivergenceGuard(self.config.max_bad_steps)
+        self._guard = DivergenceGuard(self.config.max_bad_steps)
         with OutputDirLock(self.output_dir) if self.dist.is_main else contextlib.nullcontext(), \
                 StopSignals(enabled=self.dist.world_size == 1) as self.stop_signals:
             return self._train()
