@@ -220,3 +220,23 @@ def test_a_file_dataset_without_eval_dataset_gets_a_disjoint_seeded_held_out_spl
     assert {r["problem"] for r in other} != {r["problem"] for r in held}
     with pytest.raises(Exception, match="would leave none to train on"):
         prompt_records(cfg.replace(eval_size=50), tok, split="train")
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_two_process_run_takes_the_lock_on_rank_0_only(tmp_path):
+    """Rank 0 locks (rank 1 does not, or the job would lock itself out); a second job is refused."""
+    import _mp_helpers as helpers
+    run = tmp_path / "run"
+    args = ["model=tiny", "dataset=arithmetic", "dataset_size=64", "eval_every=0", "prompts_per_step=4",
+            "num_generations=2", "max_new_tokens=4", "sft_steps=0", "steps=1", "num_threads=1", "progress_bar=off",
+            f"output_dir={run}"]
+    ok = helpers.torchrun(args, timeout=200)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert checkpoints(run) == ["step_000001"]
+    from r2vpo_ascend.trainer.run_dir import OutputDirLock
+    with OutputDirLock(run):
+        refused = helpers.torchrun(args, timeout=200)
+    assert refused.returncode != 0
+    assert f"output_dir {run} is in use by another run (pid {os.getpid()}" in refused.stderr
