@@ -17,6 +17,10 @@ import sys
 import device
 
 
+EXIT_USER_ERROR = 2  # a config, data, path or reward mistake: fix it and rerun
+EXIT_DIVERGED = 3  # the loss or gradient went non-finite: see docs/reliability.md
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions a user causes (config, data, paths, rewards): printed as one line, no traceback."""
     from r2vpo_ascend.data import DataError
@@ -133,15 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like `parse_args`, but `train`'s key=value overrides may come before, between or after
+    its flags (`train steps=3 --print-config lr=0.1`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides", None) is not None and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.func is not cmd_train:  # `train` sets them itself, from its config
         device.prepare_runtime_env()  # hardware runtime variables, before the first device operation
+    from r2vpo_ascend.algos.errors import TrainingDivergedError
     try:
         return args.func(args)
+    except TrainingDivergedError as e:
+        print(f"r2vpo {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except _user_errors() as e:
         print(f"r2vpo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as e:  # StopRequested carries the signal; a bare Ctrl-C is SIGINT
+        print(f"r2vpo {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
 
 
 if __name__ == "__main__":

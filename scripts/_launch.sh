@@ -76,6 +76,12 @@ r2vpo_launch() {
     py="$(_r2vpo_python)"
     _r2vpo_source_cann
 
+    # A fresh clone has no environment yet: say how to make one instead of a Python traceback.
+    if ! "$py" -c 'import torch, r2vpo_ascend' >/dev/null 2>&1; then
+        echo "error: $py cannot import torch and r2vpo_ascend: set the environment up first with 'bash scripts/_install.sh' (creates .venv; on Ascend source CANN's set_env.sh first, docs/deployment.md), or set PYTHON= to an interpreter that has them" >&2
+        return 2
+    fi
+
     # --- hardware, through the device layer ---------------------------------------------------
     local hw backend count
     hw="$("$py" -c 'import device; b = device.current(); print(b.name, b.device_count())')"

@@ -306,3 +306,63 @@ def test_validate_rewards_errors(rewards, message):
         validate_rewards(rewards, 3, "my_reward")
     assert "'my_reward'" in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ------------------------------------------------------------------------------ worker lifetime
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed worker whose new parent has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _alive(pid)
+
+
+def test_a_top_level_script_can_use_math_verify(tmp_path):
+    """A TRL-style script without `if __name__ == "__main__":`: the workers must not re-run it."""
+    import subprocess
+    script = tmp_path / "train_top_level.py"
+    script.write_text("from r2vpo_ascend.rewards import MathVerifyReward\n"
+                      "print('TOP-LEVEL CODE RAN', flush=True)\n"
+                      "reward = MathVerifyReward(timeout_s=10.0, num_workers=2)\n"
+                      "print('SCORES', reward(None, ['\\\\boxed{5}', '\\\\boxed{4}'], answer=['5', '5']), flush=True)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SCORES [1.0, 0.0]" in out.stdout
+    assert out.stdout.count("TOP-LEVEL CODE RAN") == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("mp_context", ["subprocess", "spawn"])
+def test_workers_die_with_a_sigkilled_parent_even_mid_task(tmp_path, mp_context):
+    import subprocess
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, signal, threading, time\n"
+        "from r2vpo_ascend.rewards import TimeoutProcessPool\n"
+        "if __name__ == '__main__':\n"
+        f"    pool = TimeoutProcessPool(time.sleep, num_workers=1, timeout_s=600, mp_context={mp_context!r})\n"
+        "    pool.map([(0.0,)])\n"
+        "    print(*pool.worker_pids, flush=True)\n"
+        "    threading.Thread(target=pool.map, args=([(600.0,)],), daemon=True).start()  # a stuck task\n"
+        "    time.sleep(1.0)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == -9, out.stderr[-2000:]
+    pids = [int(p) for p in out.stdout.split()]
+    deadline = time.monotonic() + 15.0
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pids and not any(_running(p) for p in pids), "a reward worker outlived its SIGKILLed parent"
+
+
+def test_subprocess_workers_refuse_functions_of_the_main_script():
+    def local(x):
+        return x
+    with pytest.raises(ValueError, match="import their function by name"):
+        TimeoutProcessPool(local)

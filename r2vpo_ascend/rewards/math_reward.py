@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from r2vpo_ascend.rewards import _math_verify_worker
-from r2vpo_ascend.rewards.base import column_for, validate_rewards
+from r2vpo_ascend.rewards.base import column_for
 from r2vpo_ascend.rewards.format import format_reward
 from r2vpo_ascend.rewards.worker_pool import TimeoutProcessPool
 
@@ -34,7 +34,8 @@ class MathVerifyReward:
         num_workers: worker processes (created on the first call).
         format_weight: adds ``format_weight * format_reward`` (a final balanced ``\\boxed{}``).
         answer_key: the dataset column holding the gold answers.
-        mp_context: ``"spawn"`` or ``"forkserver"``.
+        mp_context: ``"subprocess"`` (default: workers never import the main script, so a script
+            written at top level works), ``"spawn"`` or ``"forkserver"``.
 
     Metrics: ``stats`` (totals since creation) and ``last_metrics`` (the latest call) hold
     ``reward/verify_calls``, ``reward/verify_timeouts``, ``reward/verify_errors`` and
@@ -51,7 +52,7 @@ class MathVerifyReward:
         format_weight: float = 0.0,
         *,
         answer_key: str = "answer",
-        mp_context: str = "spawn",
+        mp_context: str = "subprocess",
     ):
         if not timeout_s > 0:
             raise ValueError(f"MathVerifyReward: timeout_s must be > 0, got {timeout_s}")
@@ -133,4 +134,4 @@ class MathVerifyReward:
         for key in METRIC_KEYS:
             self._totals[key] += metrics[key]
         self.last_metrics = {**metrics, "reward/verify_seconds": time.perf_counter() - started}
-        return validate_rewards(scores, len(completions), self.__name__)
+        return scores  # floats by construction; the trainer validates every reward function's output once

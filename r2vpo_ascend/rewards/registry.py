@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from functools import partial
 from typing import Any, Callable
 
+from r2vpo_ascend.rewards.base import RewardError
 from r2vpo_ascend.rewards.arithmetic import ArithmeticReward
 from r2vpo_ascend.rewards.format import FormatReward
 from r2vpo_ascend.rewards.math_reward import MathVerifyReward
@@ -18,24 +21,51 @@ REWARD_FNS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _import_user_fn(spec: str, kwargs: dict[str, Any]) -> Callable:
+def _import_module(spec: str, module_name: str):
+    """Import `module_name`, finding it in the working directory too (as `python -m` would; the
+    `r2vpo` console script does not put the working directory on sys.path)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module's own error while importing
+        raise RewardError(f"reward function {spec!r}: cannot import module {module_name!r} "
+                          f"(searched the working directory {cwd} and sys.path): {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _resolve_user_obj(spec: str):
     target = spec[len("python:") :]
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"reward function {spec!r}: expected 'python:module.path:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {exc}") from exc
-    obj = module
+        raise RewardError(f"reward function {spec!r}: expected 'python:module.path:function'")
+    obj = _import_module(spec, module_name)
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"reward function {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise RewardError(f"reward function {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    if not callable(obj):
+        raise RewardError(f"reward function {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
+    return obj, attr
+
+
+def check_reward_spec(name: str) -> None:
+    """Raise RewardError unless `name` is `auto`, a registered reward or an importable `python:` callable."""
+    if name.startswith("python:"):
+        _resolve_user_obj(name)
+    elif name != "auto" and name not in REWARD_FNS:
+        raise RewardError(f"config field `reward`: unknown reward function {name!r}; known names: "
+                          f"{', '.join(sorted(REWARD_FNS))}, or 'python:module.path:function'")
+
+
+def _import_user_fn(spec: str, kwargs: dict[str, Any]) -> Callable:
+    obj, attr = _resolve_user_obj(spec)
     if inspect.isclass(obj):
         return obj(**kwargs)
-    if not callable(obj):
-        raise ValueError(f"reward function {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
     if kwargs:
         fn = partial(obj, **kwargs)
         fn.__name__ = getattr(obj, "__name__", attr)  # type: ignore[attr-defined]
@@ -54,7 +84,7 @@ def get_reward_fn(name: str, **kwargs: Any) -> Callable:
         return _import_user_fn(name, kwargs)
     if name not in REWARD_FNS:
         known = ", ".join(sorted(REWARD_FNS))
-        raise ValueError(f"unknown reward function {name!r}; known names: {known}, or 'python:module.path:function'")
+        raise RewardError(f"unknown reward function {name!r}; known names: {known}, or 'python:module.path:function'")
     return REWARD_FNS[name](**kwargs)
 
 

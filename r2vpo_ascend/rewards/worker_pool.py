@@ -5,8 +5,13 @@ A verifier stuck in C code (sympy big-integer arithmetic, a regex backtracking f
 ignores signals and exceptions; the only reliable stop is to kill its process. Here each
 worker has its own pipe, so one worker can be killed and replaced while the others go on.
 
-- Workers start with the ``spawn`` (default) or ``forkserver`` context, never ``fork``
-  (forking a process that runs torch threads can deadlock the child).
+- Workers start as ``subprocess`` (default: ``python r2vpo_ascend/rewards/_worker_process.py``,
+  which never imports the user's main script, so a script written at top level works), or
+  with the ``spawn`` or ``forkserver`` context (whose children re-import the main script),
+  never ``fork`` (forking a process that runs torch threads can deadlock the child).
+- Workers die with their parent: on Linux the kernel kills them when the thread that started
+  them exits (``PR_SET_PDEATHSIG``, even while a task is stuck in C code), and a watchdog
+  thread in each worker exits when the parent pid is gone (all platforms).
 - Workers are created lazily, on the first ``map``; a killed worker's replacement starts at
   once, in the background, and its start-up time never counts against a task's limit.
 - ``map`` may be called from any thread (calls are serialised by a lock); the parent uses no
@@ -17,17 +22,26 @@ worker has its own pipe, so one worker can be killed and replaced while the othe
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.connection
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-ALLOWED_CONTEXTS = ("spawn", "forkserver")
+from r2vpo_ascend.rewards._worker_process import tie_to_parent, worker_loop
+
+ALLOWED_CONTEXTS = ("subprocess", "spawn", "forkserver")
+WORKER_SCRIPT = Path(__file__).resolve().with_name("_worker_process.py")
 
 
 @dataclass(frozen=True)
@@ -39,48 +53,78 @@ class TaskResult:
     error: str | None = None
 
 
-def _worker_main(conn, fn: Callable, initializer: Callable | None) -> None:
-    """Worker process loop: run ``initializer``, say ready, then answer ``(task_id, args)`` messages."""
-    import signal
+def _worker_main(conn, fn: Callable, initializer: Callable | None, parent_pid: int, pdeathsig: bool) -> None:
+    """Entry of a `spawn` / `forkserver` worker."""
+    tie_to_parent(parent_pid, pdeathsig=pdeathsig)
+    worker_loop(conn, fn, initializer)
 
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def _ref(fn: Callable | None) -> str:
+    """`module:qualname` of a module-level function, for a subprocess worker to import."""
+    if fn is None:
+        return ""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise ValueError(f"{fn!r}: subprocess reward workers import their function by name; define it at the "
+                         "top level of an importable module (not the main script), or use mp_context='spawn'")
+    return f"{module}:{qualname}"
+
+
+class _ChildProcess:
+    """The `multiprocessing.Process` methods the pool uses, over a `subprocess.Popen`."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+
+def _start_subprocess(fn: Callable, initializer: Callable | None, pdeathsig: bool):
+    ours, theirs = socket.socketpair()
+    spec = {"fn": _ref(fn), "initializer": _ref(initializer), "sys_path": sys.path, "fd": theirs.fileno(),
+            "parent_pid": os.getpid(), "pdeathsig": pdeathsig}
     try:
-        if initializer is not None:
-            initializer()
-    except BaseException:
-        conn.send(("startup_error", None, traceback.format_exc()))
-        return
-    conn.send(("ready", None, None))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the parent has gone
-            return
-        if message is None:
-            return
-        task_id, args = message
-        try:
-            reply = ("ok", task_id, fn(*args))
-        except Exception as exc:  # a task's own error; the worker stays usable
-            reply = ("error", task_id, f"{type(exc).__name__}: {exc}"[:2000])
-        try:
-            conn.send(reply)
-        except Exception as exc:  # e.g. an unpicklable return value
-            conn.send(("error", task_id, f"could not send the result back: {type(exc).__name__}: {exc}"[:2000]))
+        # Run by path, not `-m`: `-m` would first run the package's __init__ (and import torch).
+        popen = subprocess.Popen([sys.executable, str(WORKER_SCRIPT), json.dumps(spec)],
+                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+    finally:
+        theirs.close()  # the child holds its own copy; closing ours lets recv() see EOF if it dies
+    return _ChildProcess(popen), multiprocessing.connection.Connection(ours.detach())
 
 
 class _Worker:
     STARTING, IDLE, BUSY = "starting", "idle", "busy"
 
-    def __init__(self, ctx, fn: Callable, initializer: Callable | None, startup_timeout_s: float):
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, fn, initializer), daemon=True, name="r2vpo-reward-worker"
-        )
-        self.process.start()
-        child_conn.close()  # the child holds its own copy; closing ours lets recv() see EOF if it dies
-        self.conn = parent_conn
+    def __init__(self, mp_context: str, fn: Callable, initializer: Callable | None, startup_timeout_s: float):
+        # The kernel's parent-death signal fires when the STARTING THREAD exits: only ask for it
+        # from the main thread (a worker started from a short-lived thread would die with it).
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        if mp_context == "subprocess":
+            self.process, self.conn = _start_subprocess(fn, initializer, pdeathsig)
+        else:
+            ctx = multiprocessing.get_context(mp_context)
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            self.process = ctx.Process(target=_worker_main, args=(child_conn, fn, initializer, os.getpid(), pdeathsig
+                                                                  and mp_context == "spawn"),
+                                       daemon=True, name="r2vpo-reward-worker")
+            self.process.start()
+            child_conn.close()  # the child holds its own copy; closing ours lets recv() see EOF if it dies
+            self.conn = parent_conn
         self.state = self.STARTING
         self.deadline = time.monotonic() + startup_timeout_s
         self.task_key: tuple[int, int] | None = None
@@ -126,7 +170,8 @@ class TimeoutProcessPool:
         timeout_s: wall-clock limit of one call, counted from when it is handed to a worker.
             A call past it is reported as ``TaskResult("timeout")``; its worker is killed and
             replaced.
-        mp_context: ``"spawn"`` or ``"forkserver"``.
+        mp_context: ``"subprocess"`` (default; never imports the main script), ``"spawn"`` or
+            ``"forkserver"``.
         initializer: picklable function run once in each worker before its first task
             (e.g. heavy imports). If it raises, ``map`` raises ``RuntimeError`` with its traceback.
         startup_timeout_s: how long a worker may take to start before ``map`` gives up.
@@ -138,7 +183,7 @@ class TimeoutProcessPool:
         *,
         num_workers: int = 2,
         timeout_s: float = 5.0,
-        mp_context: str = "spawn",
+        mp_context: str = "subprocess",
         initializer: Callable | None = None,
         startup_timeout_s: float = 120.0,
     ):
@@ -151,6 +196,8 @@ class TimeoutProcessPool:
                 f"mp_context must be one of {ALLOWED_CONTEXTS}, got {mp_context!r} "
                 "('fork' is refused: forking a process that runs torch threads can deadlock the child)"
             )
+        if mp_context == "subprocess":
+            _ref(fn), _ref(initializer)  # fail now, not in a worker, if they cannot be imported by name
         self.fn = fn
         self.num_workers = int(num_workers)
         self.timeout_s = float(timeout_s)
@@ -183,8 +230,7 @@ class TimeoutProcessPool:
         return [w.process.pid for w in self._workers]
 
     def _start_worker(self) -> _Worker:
-        ctx = multiprocessing.get_context(self.mp_context)
-        return _Worker(ctx, self.fn, self.initializer, self.startup_timeout_s)
+        return _Worker(self.mp_context, self.fn, self.initializer, self.startup_timeout_s)
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
@@ -243,11 +289,13 @@ class TimeoutProcessPool:
                         startup_failures += 1
                         if startup_failures > 3 * self.num_workers:
                             worker.process.join(timeout=1.0)
+                            hint = " (see its output above)" if self.mp_context == "subprocess" else (
+                                f". With the {self.mp_context!r} start method each worker re-imports the main "
+                                "script: keep a script's top-level code under `if __name__ == '__main__':`, or "
+                                "use mp_context='subprocess'")
                             raise RuntimeError(
                                 "reward worker processes keep exiting during start-up (last exit code "
-                                f"{worker.process.exitcode}). With the {self.mp_context!r} start method each "
-                                "worker re-imports the main script: keep a script's top-level code under "
-                                "`if __name__ == '__main__':`."
+                                f"{worker.process.exitcode}){hint}."
                             )
                     self._replace(worker)
                     continue

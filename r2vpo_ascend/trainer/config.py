@@ -44,8 +44,16 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, **kw):
-    meta = {"help": help}
+# What a resumed run may change (`on_resume` in each field's metadata). FIXED — the default
+# rule, so a field added without thinking about resume is safe — means the checkpoint's state
+# depends on it (the loss, the data, lr: the restored optimiser keeps the old one anyway) and
+# a resume with another value is refused; MAY_CHANGE fields (steps, evaluation, logging,
+# paths, performance knobs) may change, and the resume says which did.
+MAY_CHANGE, FIXED = "may_change", "fixed"
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, *, on_resume: str = FIXED, **kw):
+    meta = {"help": help, "on_resume": on_resume}
     if choices is not None:
         meta["choices"] = choices
     if isinstance(default, (list, dict)):
@@ -58,9 +66,10 @@ class R2VPOConfig:
     # ---- model and data -------------------------------------------------------------
     model: str = _f("tiny", "Model to train: `tiny` (the embedded default: a small Llama-architecture model with "
                     "random weights and an in-process tokenizer, no downloads), a preset name (see `r2vpo info`), "
-                    "or a local checkpoint directory.")
+                    "or a local checkpoint directory.", on_resume=MAY_CHANGE)
     tokenizer: str | None = _f(None, "Tokenizer directory; default: the model's own.")
-    trust_remote_code: bool = _f(False, "Run a checkpoint's own modeling/tokenizer code. Off unless you turn it on.")
+    trust_remote_code: bool = _f(False, "Run a checkpoint's own modeling/tokenizer code. Off unless you turn it on.",
+                                 on_resume=MAY_CHANGE)
     dtype: str = _f("auto", "Training dtype: `auto` (the backend's default: bf16 on accelerators, fp32 on CPU), "
                     "`float32`, `bfloat16`, `float16`.", ("auto", "float32", "bfloat16", "float16"))
     dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), a built-in benchmark name, a "
@@ -72,7 +81,8 @@ class R2VPOConfig:
     arithmetic_terms: int = _f(2, "Operands per problem of the built-in `arithmetic` task.")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
     data_seed: int | None = _f(None, "Seed of the built-in `arithmetic` task's problem pool and of its train / test / "
-                               "validation split; default: `seed`. Fix it to compare seeds on the same split.")
+                               "validation split, and of the held-out rows carved from a local file; default: `seed`. "
+                               "Fix it to compare seeds on the same split.")
     problem_key: str = _f("problem", "Dataset column holding the problem text.")
     answer_key: str = _f("answer", "Dataset column holding the reference answer.")
     prompt_template: str | None = _f(None, "Prompt template containing `{problem}`; default: the tokenizer's chat "
@@ -81,23 +91,30 @@ class R2VPOConfig:
     reward: str = _f("auto", "Reward function: `auto` (`arithmetic` for the built-in task, `math_verify` otherwise), "
                      "`arithmetic`, `math_verify`, or `python:module:function`.")
     format_reward_weight: float = _f(0.0, "Weight of the optional \\boxed{} format reward added to math_verify.")
-    verify_timeout_s: float = _f(5.0, "Per-completion time limit for math verification (a timeout scores 0).")
+    verify_timeout_s: float = _f(5.0, "Per-completion time limit for math verification (a timeout scores 0).",
+                                 on_resume=MAY_CHANGE)
     eval_dataset: str | None = _f(None, "Held-out prompts for periodic evaluation (same forms as `dataset`); "
-                                  "for `arithmetic` a disjoint generated split is used when unset.")
-    eval_size: int = _f(128, "Number of held-out problems evaluated (greedy decoding).")
-    eval_every: int = _f(10, "Evaluate every N RL steps (0 disables; step 0 and the last step always run if > 0).")
+                                  "when unset: for `arithmetic` a disjoint generated split; for a local file (or a "
+                                  "directory without a test file) `eval_size` rows carved from it, seeded by "
+                                  "`data_seed`, and left out of training (even with eval_every=0, so that "
+                                  "the training rows never depend on it); otherwise the dataset's `test` split.",
+                                  on_resume=MAY_CHANGE)
+    eval_size: int = _f(128, "Number of held-out problems evaluated (greedy decoding).", on_resume=MAY_CHANGE)
+    eval_every: int = _f(10, "Evaluate every N RL steps (0 disables; step 0 and the last step always run if > 0).",
+                         on_resume=MAY_CHANGE)
     eval_split: str = _f("test", "Which held-out slice of the built-in `arithmetic` task the evaluation uses: `test` "
                          "(the held-out split) or `validation` (a third slice of the same pool, disjoint from train "
                          "and test, `eval_size` problems; for tuning hyperparameters without touching the test "
                          "split). Other datasets: point `eval_dataset` at a validation set instead.",
-                         ("test", "validation"))
+                         ("test", "validation"), on_resume=MAY_CHANGE)
 
     # ---- rollout ------------------------------------------------------------------------
     rollout_engine: str = _f("hf", "Rollout engine: `hf` (transformers generate, always available) or `vllm`.",
-                             ("hf", "vllm"))
-    vllm_gpu_memory_utilization: float = _f(0.5, "Share of accelerator memory vLLM may take (rollout_engine=vllm).")
+                             ("hf", "vllm"), on_resume=MAY_CHANGE)
+    vllm_gpu_memory_utilization: float = _f(0.5, "Share of accelerator memory vLLM may take (rollout_engine=vllm).",
+                                            on_resume=MAY_CHANGE)
     vllm_sleep_mode: bool = _f(True, "Let vLLM free its memory while the trainer updates (rollout_engine=vllm; "
-                               "no-op on CPU).")
+                               "no-op on CPU).", on_resume=MAY_CHANGE)
     prompts_per_step: int = _f(8, "Prompts sampled per RL step.")
     num_generations: int = _f(8, "Responses per prompt (G, the GRPO group size).")
     max_prompt_length: int = _f(512, "Prompts longer than this (tokens) are truncated from the left.")
@@ -140,13 +157,15 @@ class R2VPOConfig:
 
     # ---- optimisation -------------------------------------------------------------------
     steps: int = _f(100, "Number of RL steps (one rollout batch each); 0 runs only the SFT warm start and the "
-                    "step-0 evaluation, then saves the model to `<output_dir>/final` (a warm start to share).")
+                    "step-0 evaluation, then saves the model to `<output_dir>/final` (a warm start to share).",
+                    on_resume=MAY_CHANGE)
     updates_per_step: int = _f(1, "Optimiser steps per RL step: the update batch is split into this many "
                                "mini-batches (>1 makes later mini-batches off-policy, as in PPO epochs).")
-    micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).")
+    micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).",
+                               on_resume=MAY_CHANGE)
     gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward instead of "
                                       "keeping them (about 1/3 more compute, activation memory ~1 layer's worth): for "
-                                      "long responses or big models. Generation is unaffected.")
+                                      "long responses or big models. Generation is unaffected.", on_resume=MAY_CHANGE)
     lr: float = _f(1e-5, "Learning rate (AdamW).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     adam_betas: list = _f([0.9, 0.999], "AdamW betas.")
@@ -167,10 +186,12 @@ class R2VPOConfig:
 
     # ---- run ----------------------------------------------------------------------------
     seed: int = _f(0, "Random seed (data order, sampling, model init).")
-    output_dir: str = _f("runs/r2vpo", "Where metrics.jsonl, checkpoints, plots and the final model go.")
-    save_every: int = _f(0, "Checkpoint every N RL steps (0: only at the end).")
-    keep_checkpoints: int = _f(2, "Number of checkpoints kept on disk.")
-    resume: str = _f("auto", "`auto` (resume from the newest checkpoint in output_dir if any), `never`, or a path.")
+    output_dir: str = _f("runs/r2vpo", "Where metrics.jsonl, checkpoints, plots and the final model go.",
+                         on_resume=MAY_CHANGE)
+    save_every: int = _f(0, "Checkpoint every N RL steps (0: only at the end).", on_resume=MAY_CHANGE)
+    keep_checkpoints: int = _f(2, "Number of checkpoints kept on disk.", on_resume=MAY_CHANGE)
+    resume: str = _f("auto", "`auto` (resume from the newest checkpoint in output_dir if any), `never`, or a path.",
+                     on_resume=MAY_CHANGE)
     engine: str = _f("native", "Training engine: `native` (plain PyTorch: one process on the CPU or one device, or "
                      "data parallel over torchrun processes with gradients summed by all-reduce) or `deepspeed` "
                      "(ZeRO stage from `deepspeed_config`).", ("native", "deepspeed"))
@@ -179,12 +200,19 @@ class R2VPOConfig:
                                       "docs/distributed.md).")
     collective_timeout_s: float = _f(1800.0, "Process-group timeout in seconds with several processes: a collective "
                                      "that waits longer (a rank died or hangs) fails the job instead of hanging it. "
-                                     "Keep it above the longest step (generation + update + checkpoint).")
-    report_to: list = _f(["jsonl"], "Loggers: any of `jsonl` (always on), `tensorboard`, `wandb`.")
-    wandb_project: str = _f("r2vpo-ascend", "W&B project name when report_to has `wandb`.")
-    progress_bar: str = _f("auto", "Progress bar: `auto` (only on a terminal), `on`, `off`.", ("auto", "on", "off"))
-    log_every: int = _f(1, "Print a one-line summary every N steps (metrics.jsonl gets every step).")
-    num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default).")
+                                     "Keep it above the longest step (generation + update + checkpoint).",
+                                     on_resume=MAY_CHANGE)
+    report_to: list = _f(["jsonl"], "Loggers: any of `jsonl` (always on), `tensorboard`, `wandb`.",
+                         on_resume=MAY_CHANGE)
+    wandb_project: str = _f("r2vpo-ascend", "W&B project name when report_to has `wandb`.", on_resume=MAY_CHANGE)
+    progress_bar: str = _f("auto", "Progress bar: `auto` (only on a terminal), `on`, `off`.", ("auto", "on", "off"),
+                           on_resume=MAY_CHANGE)
+    log_every: int = _f(1, "Print a one-line summary every N steps (metrics.jsonl gets every step).",
+                        on_resume=MAY_CHANGE)
+    num_threads: int = _f(0, "CPU threads for torch (0: leave torch's default).", on_resume=MAY_CHANGE)
+    max_bad_steps: int = _f(0, "RL steps with a non-finite loss or gradient (their optimiser step is skipped) "
+                            "tolerated before the run stops with an error; counted in metrics as "
+                            "nonfinite/skipped_steps (docs/reliability.md).", on_resume=MAY_CHANGE)
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -198,13 +226,7 @@ class R2VPOConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
-        positive = ("prompts_per_step", "num_generations", "max_new_tokens", "updates_per_step",
-                    "micro_batch_size", "replay_capacity", "max_prompt_length")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field `{name}` must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0:
-            raise ConfigError(f"config field `steps` must be >= 0, got {self.steps}")
+        _check_ranges(self)
         if self.eval_split == "validation" and (self.eval_dataset or self.dataset) != "arithmetic":
             raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` task; "
                               "for other datasets set `eval_dataset` to a validation set")
@@ -217,6 +239,17 @@ class R2VPOConfig:
         self.policy_loss_config()  # the loss and dual settings are validated where they are used
         check_dual_settings(self.init_lambda, self.ratio_var_target, self.dual_lr, self.dual_update,
                             self.lambda_max, self.lambda_min, self.dual_step_max)
+        if self.lambda_max < self.lambda_min:
+            raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
+                              f"got {self.lambda_min}/{self.lambda_max}")
+        if not self.lambda_min <= self.init_lambda <= self.lambda_max:
+            raise ConfigError(f"config field `init_lambda` ({self.init_lambda}) must be within [lambda_min, "
+                              f"lambda_max] = [{self.lambda_min}, {self.lambda_max}]")
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                and 0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError(f"config field `adam_betas` must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"config field `output_dir`: {self.output_dir} is a file, not a directory")
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             raise ConfigError(f"config field `resume`: checkpoint path {self.resume!r} does not exist")
         unknown = set(self.report_to) - {"jsonl", "tensorboard", "wandb"}
@@ -275,8 +308,69 @@ class R2VPOConfig:
         lines = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r})\n    {f.metadata['help']}")
+            resume = "may change on resume" if f.metadata.get("on_resume") == MAY_CHANGE else "fixed on resume"
+            lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r}, {resume})\n"
+                         f"    {f.metadata['help']}")
         return "\n".join(lines)
+
+
+def _finite(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
+    def ok(v) -> bool:
+        return v is not None and math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo)) \
+            and (hi is None or (v < hi if hi_open else v <= hi))
+    return ok
+
+
+_AT_LEAST_1 = ("prompts_per_step", "max_new_tokens", "updates_per_step", "micro_batch_size", "replay_capacity",
+               "max_prompt_length", "sft_batch_size", "eval_size", "dataset_size", "keep_checkpoints",
+               "arithmetic_terms", "arithmetic_max_digits")
+_AT_LEAST_0 = ("steps", "save_every", "sft_steps", "warmup_steps", "log_every", "num_threads", "top_k",
+               "max_staleness", "max_bad_steps")
+# (field, what the rule says, the rule; None values of optional fields are not checked)
+_RANGES = (*((n, ">= 1", lambda v: v >= 1) for n in _AT_LEAST_1),
+           *((n, ">= 0", lambda v: v >= 0) for n in _AT_LEAST_0),
+           ("num_generations", ">= 2 (advantages are relative to the group: with one response each is 0)",
+            lambda v: v >= 2),
+           *((n, "finite and > 0", _finite(0, lo_open=True))
+             for n in ("lr", "sft_lr", "temperature", "ratio_var_target", "collective_timeout_s", "verify_timeout_s",
+                       "dual_step_max", "clip_eps_low", "clip_eps_high")),
+           *((n, "finite and >= 0", _finite(0))
+             for n in ("dual_lr", "lambda_min", "lambda_max", "weight_decay", "max_grad_norm", "kl_coef",
+                       "format_reward_weight")),
+           *((n, "finite", _finite()) for n in ("init_lambda", "entropy_coef")),
+           ("top_p", "in (0, 1]", _finite(0, 1, lo_open=True)),
+           ("vllm_gpu_memory_utilization", "in (0, 1]", _finite(0, 1, lo_open=True)),
+           ("replay_ratio", "in [0, 1)", _finite(0, 1, hi_open=True)))
+
+
+def _check_ranges(config: R2VPOConfig) -> None:
+    for name, rule, ok in _RANGES:
+        value = getattr(config, name)
+        if value is not None and not ok(value):
+            raise ConfigError(f"config field `{name}` must be {rule}, got {value!r}")
+
+
+def check_resume_config(config: R2VPOConfig, state: dict, checkpoint: Path) -> None:
+    """Compare this run's config with the one saved in `state`: a changed FIXED field is
+    refused (naming every such field), changed MAY_CHANGE fields are announced, and a
+    checkpoint past `steps` is refused."""
+    saved = state.get("config") or {}
+    ignore = {"resume", "output_dir"}  # where the run is, not what it is
+    changed = [(f, saved[f.name], getattr(config, f.name)) for f in dataclasses.fields(config)
+               if f.name in saved and f.name not in ignore and saved[f.name] != getattr(config, f.name)]
+    fixed = [(f.name, old, new) for f, old, new in changed if f.metadata.get("on_resume", FIXED) == FIXED]
+    if fixed:
+        listed = ", ".join(f"{n} ({old!r} -> {new!r})" for n, old, new in fixed)
+        raise ConfigError(f"resume from {checkpoint}: these fields may not change on resume: {listed}. Use the "
+                          "checkpoint's values, or resume=never to start a new run (the earlier one is kept in "
+                          "previous_runs/)")
+    if changed:
+        print(f"[resume] changed since the checkpoint: "
+              + ", ".join(f"{f.name} {old!r} -> {new!r}" for f, old, new in changed), flush=True)
+    step = state.get("trainer", {}).get("step", 0)
+    if step > config.steps:
+        raise ConfigError(f"resume from {checkpoint}: the checkpoint is at RL step {step}, past steps={config.steps}; "
+                          "raise steps to continue it, or use resume=never to start a new run")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -316,11 +410,6 @@ def _coerce(name: str, value: Any, tp) -> Any:
     expected = origin or tp
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if expected is float and isinstance(value, str):
-        try:  # PyYAML reads `1e-4` (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
     if expected is list and isinstance(value, tuple):
         return list(value)
     if expected is list and isinstance(value, str):

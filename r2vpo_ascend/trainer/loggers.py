@@ -22,7 +22,10 @@ class MetricsLogger:
     """`log(step, metrics)` appends `{"step": step, **metrics}` to `<output_dir>/metrics.jsonl`.
 
     On resume from step k, lines of steps > k (written after that checkpoint by a run that
-    was then killed) are dropped first, so the file reads as one uninterrupted run.
+    was then killed) are dropped first, so the file reads as one uninterrupted run; a line
+    torn by the kill is dropped with them. The logger never deletes the file: a fresh run in
+    a directory holding an earlier run's metrics finds them moved aside first
+    (`run_dir.rotate_previous_run`); without that, new lines are appended.
     """
 
     def __init__(self, output_dir: str | Path, *, report_to=("jsonl",), config: dict | None = None,
@@ -35,11 +38,10 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+            kept = [json.dumps(r) for r in _parse_lines(self.path) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)  # atomic: a kill here leaves the old or the new file, never half
         self._file = open(self.path, "a", encoding="utf-8")
         if "tensorboard" in report_to:
             try:
@@ -90,8 +92,27 @@ class MetricsLogger:
             self._bar.close()
 
 
+def _parse_lines(path: Path) -> list[dict]:
+    """Every JSON line of `path`; a torn LAST line (a process killed mid-write) is skipped
+    with a warning, a bad line elsewhere is an error naming it."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                print(f"[metrics] warning: {path}: skipping the torn last line {number} (a run killed mid-write)",
+                      file=sys.stderr, flush=True)
+                continue
+            raise ValueError(f"{path}: line {number} is not valid JSON: {line[:80]!r}") from None
+    return records
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run's output_dir?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_lines(path)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from r2vpo_ascend.data import ArithmeticSplits, prompt_records
+from r2vpo_ascend.data import ArithmeticSplits, prompt_records, with_prompts
+from r2vpo_ascend.data.heldout import load_split, shares_one_file
 from r2vpo_ascend.rewards import resolve_reward_fn
 from r2vpo_ascend.trainer.config import R2VPOConfig
 
@@ -25,8 +26,18 @@ def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
 
 
 def config_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
-    """Records with a `prompt` string plus every dataset column (`answer`, ...), for `split`."""
+    """Records with a `prompt` string plus every dataset column (`answer`, ...), for `split`.
+
+    No `eval_dataset` and one local file that serves both splits: the held-out rows are a
+    seeded slice carved from it and training gets the rest (data/heldout.py), so evaluation
+    never scores training rows."""
     train = split == "train"
+    if config.dataset != "arithmetic" and config.eval_dataset is None \
+            and shares_one_file(config.dataset, config.dataset_split):
+        rows = load_split(config.dataset, split=split, train_split=config.dataset_split,
+                          eval_size=config.eval_size, seed=config.seed if config.data_seed is None else config.data_seed,
+                          carve=True, problem_key=config.problem_key, answer_key=config.answer_key)
+        return with_prompts(rows, tokenizer, template=config.prompt_template, system_prompt=config.system_prompt)
     return prompt_records(config.dataset if train else (config.eval_dataset or config.dataset), tokenizer,
                           split=split, template=config.prompt_template, system_prompt=config.system_prompt,
                           arithmetic=arithmetic_splits(config), problem_key=config.problem_key,

@@ -7,21 +7,27 @@ import random
 import torch
 
 from r2vpo_ascend.engines.base import build_adamw
+from r2vpo_ascend.algos.errors import TrainingDivergedError
 from r2vpo_ascend.trainer.batch import collate
 from r2vpo_ascend.trainer.logprobs import response_log_probs
 
 
 def sft_warm_start(model, tokenizer, records: list[dict], *, steps: int, lr: float, batch_size: int,
-                   seed: int, device) -> list[float]:
+                   seed: int, device, max_prompt_length: int | None = None,
+                   max_answer_length: int | None = None) -> list[float]:
     """`steps` AdamW steps of next-token cross-entropy on `prompt → answer<eos>`; returns the losses.
 
-    Uses its own optimiser (the RL optimiser starts fresh afterwards) and its own RNG for
-    batch order, so it leaves the run's global RNG untouched.
+    Prompts are cut to their last `max_prompt_length` tokens (as in the RL rollouts) and answers
+    to their first `max_answer_length` tokens plus EOS, so one huge record cannot blow the
+    batch up. Uses its own optimiser (the RL optimiser starts fresh afterwards) and its own RNG
+    for batch order, so it leaves the run's global RNG untouched. A non-finite loss stops it
+    with TrainingDivergedError.
     """
     rng = random.Random(seed)
     optimizer = build_adamw(model.parameters(), lr=lr)  # torch's default betas and weight decay
-    pairs = [(tokenizer(r["prompt"])["input_ids"],
-              tokenizer(str(r["answer"]), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    pairs = [(tokenizer(r["prompt"])["input_ids"][-max_prompt_length if max_prompt_length else 0:],
+              tokenizer(str(r["answer"]), add_special_tokens=False)["input_ids"][:max_answer_length]
+              + [tokenizer.eos_token_id])
              for r in records]
     losses = []
     model.train()
@@ -30,6 +36,9 @@ def sft_warm_start(model, tokenizer, records: list[dict], *, steps: int, lr: flo
         batch = collate([p for p, _ in chunk], [c for _, c in chunk], tokenizer.pad_token_id).to(device)
         log_probs, _ = response_log_probs(model, batch)
         loss = -(log_probs * batch.response_mask).sum() / batch.response_mask.sum()
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"SFT warm start step {len(losses) + 1}: the loss is {loss.item()}; "
+                                        "lower sft_lr")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -22,6 +22,7 @@ mini-batch split is that of one process too (docs/distributed.md).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -38,12 +39,15 @@ from r2vpo_ascend.evaluation import check_groups, evaluate, score_completions, t
 from r2vpo_ascend.models.dtypes import resolve_dtype
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
-from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
+from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, resume_state, save_checkpoint
+from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig, check_resume_config
 from r2vpo_ascend.trainer.global_batch import GlobalBatchLayout
 from r2vpo_ascend.engines import make_engine
 from r2vpo_ascend.trainer.loggers import MetricsLogger
 from r2vpo_ascend.trainer.policy_update import PolicyUpdater
+from r2vpo_ascend.trainer.preflight import preflight
+from r2vpo_ascend.trainer.run_dir import (DivergenceGuard, OutputDirLock, StopSignals, diverged_on_nonfinite,
+                                          start_fresh, stop_requested)
 from r2vpo_ascend.trainer.setup import config_records, config_reward_fn
 from r2vpo_ascend.trainer.sft import sft_warm_start
 
@@ -75,6 +79,7 @@ class R2VPOTrainer:
     def __init__(self, model=None, tokenizer=None, reward_fn=None, train_dataset=None,
                  config: R2VPOConfig | None = None, *, eval_dataset=None, backend=None, rollout_engine=None):
         self.config = config = config or R2VPOConfig()
+        preflight(config, model=model, reward_fn=reward_fn)  # names, weights, reward: before any model loads
         self.backend = backend or device.current()
         self.dist = device.init_distributed(self.backend, timeout_s=config.collective_timeout_s)
         if config.prompts_per_step % self.dist.world_size:
@@ -152,9 +157,28 @@ class R2VPOTrainer:
         return HFGenerateEngine(model, self.tokenizer)
 
     # ---- the loop -------------------------------------------------------------------------
+    # Set up by train(); these defaults serve callers that drive `_run_step` themselves (benchmarks).
+    stop_signals = StopSignals(enabled=False)
+
+    @property
+    def guard(self) -> DivergenceGuard:
+        if "_guard" not in self.__dict__:
+            self._guard = DivergenceGuard(self.config.max_bad_steps)
+        return self._guard
+
     def train(self) -> TrainResult:
+        """One run at a time per output_dir (rank 0 locks it); SIGINT/SIGTERM stop at a step
+        boundary with a checkpoint (single process); see docs/reliability.md."""
+        self._guard = DivergenceGuard(self.config.max_bad_steps)
+        with OutputDirLock(self.output_dir) if self.dist.is_main else contextlib.nullcontext(), \
+                StopSignals(enabled=self.dist.world_size == 1) as self.stop_signals:
+            return self._train()
+
+    def _train(self) -> TrainResult:
         cfg = self.config
         resumed = self._maybe_resume()
+        if not resumed and self.dist.is_main:
+            start_fresh(self.output_dir)  # an earlier run's files move to previous_runs/<n>/
         self.logger = MetricsLogger(self.output_dir, report_to=cfg.report_to, config=cfg.to_dict(),
                                     resume_step=self.step if resumed else None, total_steps=cfg.steps,
                                     progress_bar=cfg.progress_bar, wandb_project=cfg.wandb_project,
@@ -195,8 +219,10 @@ class R2VPOTrainer:
         replayed = self.replayed_share(len(fresh))
         batch = fresh + replayed                                            # fresh + replayed
         t1 = time.perf_counter()
-        update_metrics = self.updater.update(batch, current_version=self.version,   # loss, step, dual step
-                                             positions=self.layout.positions(len(fresh), len(replayed)))
+        with diverged_on_nonfinite(step, self.dist.rank):
+            update_metrics = self.updater.update(batch, current_version=self.version,   # loss, step, dual step
+                                                 positions=self.layout.positions(len(fresh), len(replayed)))
+        nonfinite = self.guard.nonfinite(update_metrics)  # a non-finite gradient: the engine skipped the step
         if cfg.replay_ratio > 0:
             self.buffer.add(self.layout.gather(fresh, device.all_gather_objects))                     # replayable from next step
         self.version += 1                                                   # a new policy version ...
@@ -204,9 +230,10 @@ class R2VPOTrainer:
         t_update = time.perf_counter() - t1
 
         counts = self.engine.all_reduce_sum(torch.tensor(
-            [len(fresh), sum(len(r.response_ids) for r in fresh), sum(not r.extras["finished"] for r in fresh)],
-            dtype=torch.float64))
-        n_fresh, tokens, truncated = counts.tolist()
+            [len(fresh), sum(len(r.response_ids) for r in fresh), sum(not r.extras["finished"] for r in fresh),
+             bool(nonfinite), self.stop_signals.requested is not None], dtype=torch.float64))
+        n_fresh, tokens, truncated, n_nonfinite, n_stop = counts.tolist()  # flags summed: every rank agrees
+        self.guard.count(n_nonfinite > 0)
         self.step, self.rollouts = step, self.rollouts + int(n_fresh)
         metrics = {"rollouts": self.rollouts, **reward_metrics, **update_metrics,
                    "response_length/mean": tokens / n_fresh, "response_length/truncated_frac": truncated / n_fresh,
@@ -214,14 +241,19 @@ class R2VPOTrainer:
                    "perf/time_generate_s": t_gen, "perf/time_update_s": t_update,
                    "perf/time_step_s": time.perf_counter() - t0,
                    "perf/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),  # all ranks
-                   "perf/max_memory_gb": self.backend.memory_stats()["max_allocated_gb"]}  # peak use
+                   "perf/max_memory_gb": self.backend.memory_stats()["max_allocated_gb"],  # peak use
+                   "nonfinite/skipped_steps": self.guard.skipped}
         if cfg.eval_every > 0 and self.eval_records and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics.update(self._evaluate(step=None))
         record = self.logger.log(step, metrics)
         if self.dist.is_main and cfg.log_every and step % cfg.log_every == 0:
             print(_summary_line(record), flush=True)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+        self.guard.check(step, n_nonfinite > 0, nonfinite, rank=self.dist.rank,  # stops before any save
+                         last_checkpoint=latest_checkpoint(self.output_dir))
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or n_stop:
             self._save(step)
+        if n_stop and step < cfg.steps:
+            raise stop_requested(self.stop_signals.requested, step, self.output_dir)
 
     # ---- the stages ---------------------------------------------------------------------
     def rollout(self, records: list[dict]) -> list[Rollout]:
@@ -296,7 +328,8 @@ class R2VPOTrainer:
         cfg = self.config
         losses = sft_warm_start(self.engine.model, self.tokenizer, self.train_records, steps=cfg.sft_steps,
                                 lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, seed=cfg.seed,
-                                device=self.backend.device)
+                                device=self.backend.device, max_prompt_length=cfg.max_prompt_length,
+                                max_answer_length=cfg.max_new_tokens)
         self.sft_done = True
         self.rollout_engine.sync_weights(self.engine.model)  # an engine with its own copy must see them
         if self.dist.is_main:
@@ -323,7 +356,7 @@ class R2VPOTrainer:
                 "rng": device.all_gather_objects(self.backend.rng_state()), "config": self.config.to_dict(),
                 "trainer": {"step": self.step, "version": self.version, "rollouts": self.rollouts,
                             "next_group_id": self.next_group_id, "sft_done": self.sft_done,
-                            "first_eval": self.first_eval}}
+                            "first_eval": self.first_eval, "skipped_steps": self.guard.skipped}}
 
     def _save(self, step: int, override: dict | None = None) -> None:
         if step == 0 and not self.sft_done:
@@ -339,10 +372,11 @@ class R2VPOTrainer:
         cfg = self.config
         if cfg.resume == "never":
             return False
-        path = latest_checkpoint(self.output_dir) if cfg.resume == "auto" else Path(cfg.resume)
-        if path is None:
+        found = resume_state(cfg.resume, self.output_dir)  # a corrupt newest one falls back, with a warning
+        if found is None:
             return False
-        state = load_checkpoint(path)
+        path, state = found
+        check_resume_config(cfg, state, path)  # refuses changed fields the checkpoint fixes
         self.engine.load_state_dict(state["engine"])
         self.dual.load_state_dict(state["dual"])
         self.buffer.load_state_dict(state["buffer"])
@@ -355,6 +389,7 @@ class R2VPOTrainer:
         t = state["trainer"]
         self.step, self.version, self.rollouts = t["step"], t["version"], t["rollouts"]
         self.next_group_id, self.sft_done, self.first_eval = t["next_group_id"], t["sft_done"], t["first_eval"]
+        self.guard.skipped = t.get("skipped_steps", 0)
         self.rollout_engine.sync_weights(self.engine.model)
         if self.dist.is_main:
             print(f"[resume] from {path} at step {self.step}", flush=True)
