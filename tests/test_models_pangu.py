@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from r2vpo_ascend.models.loading import ModelLoadError, load_model_and_tokenizer
-from r2vpo_ascend.models.pangu import (HOW_MAPPED, PANGU_ARCHITECTURE, build_pangu_tiny_model, is_pangu_embedded,
-                                       llama_config_from_pangu, load_local_checkpoint, pangu_tiny_config)
+from r2vpo_ascend.models.loading import HOW_MAPPED, ModelLoadError, load_local_checkpoint, load_model_and_tokenizer
+from r2vpo_ascend.models.pangu import (PANGU_ARCHITECTURE, build_pangu_tiny_model, is_pangu_embedded,
+                                       llama_config_from_pangu, pangu_tiny_config)
 from r2vpo_ascend.models.presets import MODEL_PRESETS, check_against_preset, get_preset
 from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 

@@ -84,7 +84,7 @@ class R2VPOTrainer:
         if model is None or isinstance(model, (str, Path)):
             model, loaded_tok = load_model_and_tokenizer(str(model or config.model), tokenizer=config.tokenizer,
                                                          trust_remote_code=config.trust_remote_code,
-                                                         dtype=dtype, seed=config.seed)
+                                                         dtype=dtype, seed=config.seed, rank=self.dist.rank)
             tokenizer = tokenizer or loaded_tok
         if tokenizer is None:
             raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
