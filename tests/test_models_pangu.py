@@ -84,7 +84,7 @@ def test_mapped_checkpoint_forward_equals_direct_llama(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_load_model_and_tokenizer_reports_the_path(tmp_path, capsys):
+def test_load_model_and_tokenizer_reports_the_path(tmp_path, capsys, monkeypatch):
     tok = build_char_tokenizer()
     ref = direct_llama()
     ref.resize_token_embeddings(len(tok))
@@ -94,6 +94,12 @@ def test_load_model_and_tokenizer_reports_the_path(tmp_path, capsys):
     assert isinstance(model, LlamaForCausalLM) and tokenizer.padding_side == "left"
     expected = f"[model] loaded {ckpt} as LlamaForCausalLM (mapped from PanguEmbeddedForCausalLM)"
     assert expected in capsys.readouterr().out
+    # Only rank 0 reports, and the rank is the caller's argument: RANK in the environment is not read.
+    monkeypatch.setenv("RANK", "3")
+    load_model_and_tokenizer(str(ckpt), rank=0)
+    assert expected in capsys.readouterr().out
+    load_model_and_tokenizer(str(ckpt), rank=1)
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("change, needle", [
