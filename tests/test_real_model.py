@@ -140,8 +140,8 @@ def test_two_rl_steps_with_the_shipped_config(session_cache, gguf_path, tmp_path
     for name, tensor in reloaded.state_dict().items():
         assert torch.equal(tensor, trained[name]), name
 
-    checkpoints = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint")]
-    assert len(checkpoints) == 1, checkpoints  # keep_checkpoints: 1 (a state.pt is ~1.6 GB)
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert [p.name for p in checkpoints] == ["step_000002"]  # keep_checkpoints: 1 (a state.pt is ~1.6 GB)
     state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert state["trainer"]["step"] == 2
     resumed = R2VPOTrainer(config=R2VPOConfig.from_yaml(CONFIG, overrides))
