@@ -73,13 +73,7 @@ def file_sha256(path: Path, *, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def check_gguf_file(path: Path) -> str:
-    """Validate `path` before the slow conversion; return its architecture (`general.architecture`).
-
-    Raises MissingExtraError without the `gguf` package, ModelLoadError for a file that is not
-    GGUF or cannot be parsed (corrupt or truncated), an architecture transformers cannot map,
-    or a tensor type the `gguf` package cannot de-quantise.
-    """
+def _check_magic(path: Path) -> None:
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -87,6 +81,16 @@ def check_gguf_file(path: Path) -> str:
         raise ModelLoadError(f"cannot read GGUF file {path}: {e.strerror}") from None
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
+
+
+def check_gguf_file(path: Path) -> str:
+    """Validate `path` before the slow conversion; return its architecture (`general.architecture`).
+
+    Raises MissingExtraError without the `gguf` package, ModelLoadError for a file that is not
+    GGUF or cannot be parsed (corrupt or truncated), an architecture transformers cannot map,
+    or a tensor type the `gguf` package cannot de-quantise.
+    """
+    _check_magic(path)
     try:
         import gguf
         from gguf import GGMLQuantizationType as QType
@@ -126,11 +130,12 @@ def converted_checkpoint(path: Path, *, cache_dir: Path | None = None) -> Path:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ModelLoadError(f"config field `model`: GGUF file {path} does not exist")
-    architecture = check_gguf_file(path)
+    _check_magic(path)
     sha = file_sha256(path)
     target = (cache_dir or default_cache_dir()) / sha[:16]
     if (target / "config.json").is_file():
-        return target
+        return target  # validated when it was converted (parsing the metadata takes seconds)
+    architecture = check_gguf_file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
