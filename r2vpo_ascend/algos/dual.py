@@ -1,5 +1,5 @@
 """The dual step: the Lagrange multiplier λ of the ratio-variance constraint V̂ ≤ δ
-(R2VPO_SPEC.md "Dual step, once per optimiser step, from the detached global V̂").
+(docs/algorithms.md "Dual step": once per optimiser step, from the detached global V̂).
 
 - ``additive`` (default):  λ ← clip(λ + η_λ·(V̂ − δ), λ_min, λ_max)
 - ``multiplicative``:      λ ← clip(λ·exp(η_λ·(V̂ − δ)/δ), max(λ_min, 1e-8), λ_max)
@@ -23,12 +23,41 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
 from .numerics import NonFiniteError
 
 DUAL_MODES = ("additive", "multiplicative", "none")
 MULTIPLICATIVE_FLOOR = 1e-8
 # exp() argument cap: exp(700) ≈ 1e304 is still a float; anything above would hit λ_max anyway.
 _MAX_EXPONENT = 700.0
+
+
+def check_dual_settings(init_lambda: float, target: float, lr: float, mode: str, lambda_max: float,
+                        lambda_min: float, max_step: float | None) -> None:
+    """The one validation of the dual settings (:class:`DualController` and ``R2VPOConfig``
+    both call it); raises :class:`ConfigError` naming the argument and its config field."""
+    if mode not in DUAL_MODES:
+        raise ConfigError(f"mode (`dual_update`) must be one of {list(DUAL_MODES)}, got {mode!r}")
+    values = {"init_lambda (`init_lambda`)": init_lambda, "target δ (`ratio_var_target`)": target,
+              "lr η_λ (`dual_lr`)": lr, "`lambda_max`": lambda_max, "`lambda_min`": lambda_min}
+    if max_step is not None:
+        values["max_step (`dual_step_max`)"] = max_step
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if not target > 0:
+        raise ConfigError(f"target δ (`ratio_var_target`), the ratio-variance bound, must be > 0, got {target}")
+    if lr < 0:
+        raise ConfigError(f"lr η_λ (`dual_lr`), the dual step size, must be >= 0, got {lr}")
+    if max_step is not None and not max_step > 0:
+        raise ConfigError(f"max_step (`dual_step_max`), the bound on one dual update, must be > 0, got {max_step}")
+    if lambda_min < 0:
+        raise ConfigError(f"`lambda_min` must be >= 0, got {lambda_min}")
+    if lambda_max < lambda_min:
+        raise ConfigError(f"`lambda_max` ({lambda_max}) must be >= `lambda_min` ({lambda_min})")
+    if not lambda_min <= init_lambda <= lambda_max:
+        raise ConfigError(f"`init_lambda` ({init_lambda}) must be within [lambda_min, lambda_max] = "
+                          f"[{lambda_min}, {lambda_max}]")
 
 
 class DualController:
@@ -44,35 +73,14 @@ class DualController:
 
     def __init__(self, init_lambda: float, target: float, lr: float, mode: str = "additive",
                  lambda_max: float = 100.0, lambda_min: float = 0.0, max_step: float | None = None) -> None:
+        check_dual_settings(init_lambda, target, lr, mode, lambda_max, lambda_min, max_step)
         init_lambda, target, lr = float(init_lambda), float(target), float(lr)
-        if max_step is not None:
-            max_step = float(max_step)
-            if not (math.isfinite(max_step) and max_step > 0):
-                raise ValueError(f"max_step (the bound on one dual update) must be > 0 and finite, got {max_step}")
         lambda_max, lambda_min = float(lambda_max), float(lambda_min)
-        if mode not in DUAL_MODES:
-            raise ValueError(f"mode (dual_update) must be one of {list(DUAL_MODES)}, got {mode!r}")
-        for name, value in (("init_lambda", init_lambda), ("target", target), ("lr", lr),
-                            ("lambda_max", lambda_max), ("lambda_min", lambda_min)):
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-        if not target > 0:
-            raise ValueError(f"target (δ, the ratio-variance bound) must be > 0, got {target}")
-        if lr < 0:
-            raise ValueError(f"lr (η_λ, the dual step size) must be >= 0, got {lr}")
-        if lambda_min < 0:
-            raise ValueError(f"lambda_min must be >= 0, got {lambda_min}")
-        if lambda_max < lambda_min:
-            raise ValueError(f"lambda_max ({lambda_max}) must be >= lambda_min ({lambda_min})")
-        if not lambda_min <= init_lambda <= lambda_max:
-            raise ValueError(f"init_lambda ({init_lambda}) must be within [lambda_min, lambda_max] = "
-                             f"[{lambda_min}, {lambda_max}]")
+        max_step = None if max_step is None else float(max_step)
         self.target, self.lr, self.mode = target, lr, mode
         self.lambda_min, self.lambda_max = lambda_min, lambda_max
         self.max_step = max_step
         self.lam = init_lambda
-        self.num_updates = 0
-        self.last_ratio_var: float | None = None
 
     def update(self, ratio_var: float | torch.Tensor) -> float:
         """One dual step from the detached global V̂; returns the new λ."""
@@ -87,30 +95,26 @@ class DualController:
             exponent = min(self._bounded(self.lr * violation / self.target), _MAX_EXPONENT)
             floor = max(self.lambda_min, MULTIPLICATIVE_FLOOR)
             self.lam = min(max(self.lam * math.exp(exponent), floor), self.lambda_max)
-        self.num_updates += 1
-        self.last_ratio_var = ratio_var
         return self.lam
 
     def _bounded(self, step: float) -> float:
         return step if self.max_step is None else min(max(step, -self.max_step), self.max_step)
 
     def state_dict(self) -> dict[str, Any]:
-        """λ and the step count. The hyperparameters are recorded for reference only: on load,
-        those of the constructor (the current config) apply."""
-        return {"lam": self.lam, "num_updates": self.num_updates, "last_ratio_var": self.last_ratio_var,
-                "target": self.target, "lr": self.lr, "mode": self.mode, "max_step": self.max_step,
+        """λ. The hyperparameters are recorded for reference only: on load, those of the
+        constructor (the current config) apply."""
+        return {"lam": self.lam, "target": self.target, "lr": self.lr, "mode": self.mode, "max_step": self.max_step,
                 "lambda_min": self.lambda_min, "lambda_max": self.lambda_max}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore λ (clipped into the current [lambda_min, lambda_max]) and the step count."""
+        """Restore λ (clipped into the current [lambda_min, lambda_max]). Older checkpoints also
+        hold ``num_updates`` and ``last_ratio_var``, which nothing reads: they are ignored."""
         if "lam" not in state:
             raise ValueError("DualController state is missing the field 'lam'")
         lam = float(state["lam"])
         if not math.isfinite(lam):
             raise ValueError(f"DualController state has a non-finite 'lam': {lam}")
         self.lam = min(max(lam, self.lambda_min), self.lambda_max)
-        self.num_updates = int(state.get("num_updates", 0))
-        self.last_ratio_var = state.get("last_ratio_var")
 
     def __repr__(self) -> str:
         return (f"DualController(lam={self.lam:.6g}, target={self.target}, lr={self.lr}, mode={self.mode!r}, "

@@ -9,7 +9,6 @@ line are parsed as YAML scalars and type-checked like the file.
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
 import re
 import types
@@ -19,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from r2vpo_ascend.algos.dual import check_dual_settings
 from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
+from r2vpo_ascend.algos.losses import PolicyLossConfig
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -127,6 +128,10 @@ class R2VPOConfig:
                                     "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
     clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
                                      "`clip_higher` (DAPO), 4e-4 for `gspo`.")
+    max_response_length: int | None = _f(None, "L, the constant length normaliser of `loss_agg: "
+                                         "seq-mean-token-sum-norm` (Dr. GRPO); default: `max_new_tokens`.")
+    dual_clip: float | None = _f(None, "Dual-clip bound c > 1 of the clipping baselines: the loss of an A < 0 "
+                                 "token is capped at −c·A (tokens with ρ > c get no gradient). None: off.")
     kl_coef: float = _f(0.0, "β of the KL(π_θ‖π_ref) penalty (0 disables the reference model).")
     kl_estimator: str = _f("k3", "KL estimator: `k1`, `k2` or `k3`.", ("k1", "k2", "k3"))
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (subtracted from the loss).")
@@ -207,19 +212,23 @@ class R2VPOConfig:
             raise ConfigError(f"config field `collective_timeout_s` must be > 0 seconds, got {self.collective_timeout_s}")
         if self.temperature <= 0:
             raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
-        if self.ratio_var_target <= 0:
-            raise ConfigError(f"config field `ratio_var_target` (δ) must be > 0, got {self.ratio_var_target}")
-        if self.dual_step_max is not None and not (math.isfinite(self.dual_step_max) and self.dual_step_max > 0):
-            raise ConfigError(f"config field `dual_step_max` must be > 0 (or null), got {self.dual_step_max}")
-        if self.lambda_min < 0 or self.lambda_max < self.lambda_min:
-            raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
-                              f"got {self.lambda_min}/{self.lambda_max}")
+        self.policy_loss_config()  # the loss and dual settings are validated where they are used
+        check_dual_settings(self.init_lambda, self.ratio_var_target, self.dual_lr, self.dual_update,
+                            self.lambda_max, self.lambda_min, self.dual_step_max)
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             raise ConfigError(f"config field `resume`: checkpoint path {self.resume!r} does not exist")
         unknown = set(self.report_to) - {"jsonl", "tensorboard", "wandb"}
         if unknown:
             raise ConfigError(f"config field `report_to`: unknown logger(s) {sorted(unknown)}; "
                               "choose from jsonl, tensorboard, wandb")
+
+    def policy_loss_config(self) -> PolicyLossConfig:
+        """The loss contract of this run (validated on construction); L of Dr. GRPO defaults to
+        `max_new_tokens`, the longest response, so it is the same for every micro-batch."""
+        return PolicyLossConfig(
+            ratio_level=self.ratio_level, center=self.center, loss_agg=self.loss_agg,
+            clip_eps_low=self.clip_eps_low, clip_eps_high=self.clip_eps_high, dual_clip=self.dual_clip,
+            max_response_length=self.max_new_tokens if self.max_response_length is None else self.max_response_length)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
