@@ -140,9 +140,9 @@ def test_loss_and_gradient_equal_r2vpo_loss(tmp_path, loss_type, loss_agg, level
     loss = trainer._compute_loss(model, inputs)
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
 
-    expected, _ = r2vpo_loss(_log_probs(model, inputs), inputs["old_per_token_logps"], inputs["advantages"],
-                             inputs["completion_mask"], 2.0, ratio_level=level, loss_agg=loss_agg,
-                             max_response_length=6 if loss_type == "dr_grpo" else None)
+    expected = r2vpo_loss(_log_probs(model, inputs), inputs["old_per_token_logps"], inputs["advantages"],
+                          inputs["completion_mask"], 2.0, ratio_level=level, loss_agg=loss_agg,
+                          max_response_length=6 if loss_type == "dr_grpo" else None).loss
     expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
     compared = 0
@@ -151,7 +151,7 @@ def test_loss_and_gradient_equal_r2vpo_loss(tmp_path, loss_type, loss_agg, level
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
             compared += 1
     assert compared > 0
-    assert trainer.r2vpo_dual.num_updates == 1  # sync_gradients outside accumulation: one dual step
+    assert trainer.r2vpo_dual_steps == 1  # sync_gradients outside accumulation: one dual step
 
 
 # ---- training, λ and checkpoints ---------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_lambda_moves_once_per_optimiser_step_and_on_policy_steps_have_unit_rati
     trainer = make_trainer(make_args(tmp_path))
     trainer.train()
     history = lambda_history(trainer)
-    assert len(history) == 4 and trainer.r2vpo_dual.num_updates == 4  # one dual step per optimiser step
+    assert len(history) == 4 and trainer.r2vpo_dual_steps == 4  # one dual step per optimiser step
     for (_, after), (used, _) in zip(history, history[1:]):
         assert used == after  # the λ a step uses is the one the previous dual step produced
     ratio_vars = [h["r2vpo/ratio_var"] for h in trainer.state.log_history if "r2vpo/ratio_var" in h]
@@ -177,16 +177,16 @@ def test_resume_restores_lambda_from_the_trl_checkpoint(tmp_path):
     first.train()
     checkpoint = tmp_path / "checkpoint-2"
     saved = json.loads((checkpoint / DUAL_STATE_FILE).read_text())
-    assert saved["num_updates"] == 2 and saved["lam"] != pytest.approx(0.5)
-    assert saved["lam"] == pytest.approx(lambda_history(first)[1][1])
+    assert saved["dual_steps"] == 2 and saved["dual"]["lam"] != pytest.approx(0.5)
+    assert saved["dual"]["lam"] == pytest.approx(lambda_history(first)[1][1])
 
     second = make_trainer(make_args(tmp_path, save_strategy="steps", save_steps=2))
     second.train(resume_from_checkpoint=str(checkpoint))
-    assert second.r2vpo_dual.num_updates == 4  # 2 restored + steps 3 and 4
+    assert second.r2vpo_dual_steps == 4  # 2 restored + steps 3 and 4
     # TRL restores its log history (steps 1-2) and the RNG: steps 3-4 repeat the first run's, which
     # they would not had λ restarted at init_lambda = 0.5.
     resumed = lambda_history(second)
-    assert len(resumed) == 4 and resumed[2][0] == pytest.approx(saved["lam"])
+    assert len(resumed) == 4 and resumed[2][0] == pytest.approx(saved["dual"]["lam"])
     assert [x for pair in resumed[2:] for x in pair] == pytest.approx([x for pair in lambda_history(first)[2:] for x in pair])
 
     (checkpoint / DUAL_STATE_FILE).unlink()
@@ -196,7 +196,7 @@ def test_resume_restores_lambda_from_the_trl_checkpoint(tmp_path):
 
 def test_two_processes_hold_the_same_lambda(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            str(Path(__file__).resolve()), str(tmp_path)]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -216,7 +216,7 @@ def _worker(out: Path) -> None:
     original = trainer._accumulate
 
     def record(stats):
-        local.append(stats.variance())
+        local.append(stats.ratio_var())
         original(stats)
 
     trainer._accumulate = record

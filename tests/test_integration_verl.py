@@ -94,8 +94,8 @@ def test_loss_and_gradient_equal_r2vpo_loss(loss_agg_mode):
     set_batch_info(config, mask)
     loss, metrics = call(config, old, log_prob, advantages, mask)
     (grad,) = torch.autograd.grad(loss, log_prob)
-    expected, _ = r2vpo_loss(log_prob, old, advantages, mask, 1.5, loss_agg=loss_agg_mode,
-                             max_response_length=LENGTH)
+    expected = r2vpo_loss(log_prob, old, advantages, mask, 1.5, loss_agg=loss_agg_mode,
+                          max_response_length=LENGTH).loss
     (expected_grad,) = torch.autograd.grad(expected, log_prob)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     torch.testing.assert_close(grad, expected_grad)
@@ -129,19 +129,20 @@ def test_one_dual_step_per_mini_batch_on_the_exact_global_ratio_variance(tmp_pat
         set_batch_info(config, mask, scale=4)
         used.append(call(config, old, log_prob, advantages, mask)[1]["actor/r2vpo_lambda"])
     state = plugin.dual_state()
-    assert state.controller.num_updates == 2 and state.micro_batches_per_step == 4
+    assert state.dual_steps == 2 and state.micro_batches_per_step == 4
     assert used[:4] == [0.5] * 4 and len(set(used[4:])) == 1 and used[4] != 0.5
     # The dual step's V̂ is that of the 4 micro-batches together (centre: their common mean).
     old, log_prob, advantages, mask = (torch.cat(parts) for parts in zip(*batches[4:]))
-    _, whole = r2vpo_loss(log_prob, old, advantages, mask, 0.0)
-    assert state.controller.last_ratio_var == pytest.approx(whole["r2vpo/ratio_var"], rel=1e-6)  # float32 sums
+    whole = r2vpo_loss(log_prob, old, advantages, mask, 0.0).stats.ratio_var()
+    assert state.last_ratio_var == pytest.approx(whole, rel=1e-6)  # float32 sums
 
     saved = json.loads(state_file.read_text())
-    assert saved["lam"] == state.controller.lam and saved["num_updates"] == 2
+    assert saved["dual"]["lam"] == state.controller.lam and saved["dual_steps"] == 2
     plugin.reset_dual_state()  # a restarted process: λ comes back from dual_state_path
     old, log_prob, advantages, mask = batches[0]
     set_batch_info(config, mask, scale=4)
-    assert call(config, old, log_prob, advantages, mask)[1]["actor/r2vpo_lambda"] == saved["lam"]
+    assert call(config, old, log_prob, advantages, mask)[1]["actor/r2vpo_lambda"] == saved["dual"]["lam"]
+    assert plugin.dual_state().dual_steps == 2
 
 
 def test_unsupported_settings_are_refused_by_name():
@@ -174,9 +175,9 @@ def test_two_gloo_ranks_hold_the_same_lambda(tmp_path):
     # The same λ as one process that sees both ranks' micro-batches of the mini-batch.
     batches = [micro_batch(10 * rank + i) for i in range(2) for rank in (0, 1)]
     old, log_prob, advantages, mask = (torch.cat(parts) for parts in zip(*batches))
-    _, whole = r2vpo_loss(log_prob, old, advantages, mask, 0.0)
+    whole = r2vpo_loss(log_prob, old, advantages, mask, 0.0).stats.ratio_var()
     expected = plugin.dual_controller(actor_config().policy_loss)
-    expected.update(whole["r2vpo/ratio_var"])
+    expected.update(whole)
     assert ranks[0]["lam"] == pytest.approx(expected.lam, rel=1e-6)
 
 
@@ -190,7 +191,7 @@ def _worker(out: Path) -> None:
         set_batch_info(config, mask, dp_size=2, scale=4)
         local.append(call(config, old, log_prob, advantages, mask)[1]["actor/r2vpo_ratio_var"])
     state = plugin.dual_state()
-    assert state.controller.num_updates == 1
+    assert state.dual_steps == 1
     (out / f"rank{rank}.json").write_text(json.dumps({"lam": state.controller.lam, "local_var": local}))
     torch.distributed.destroy_process_group()
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .dual import DUAL_MODES, DualController
+from .dual import DUAL_MODES, DualController, check_dual_settings
+from .errors import ConfigError
 from .losses import CENTERS
 
 
@@ -44,12 +45,13 @@ R2VPO_SETTINGS: tuple[Setting, ...] = (
 
 def check_settings(config: Any) -> None:
     """Validate the R²VPO settings of ``config`` (any object with the fields of
-    :data:`R2VPO_SETTINGS`); raises ``ValueError`` naming the field."""
+    :data:`R2VPO_SETTINGS`); raises :class:`ConfigError` naming the field."""
     for setting in R2VPO_SETTINGS:
         value = getattr(config, setting.name)
         if setting.choices is not None and value not in setting.choices:
-            raise ValueError(f"{setting.name} must be one of {list(setting.choices)}, got {value!r}")
-    dual_controller(config)  # the controller checks the numeric bounds (δ > 0, λ_min <= λ0 <= λ_max, ...)
+            raise ConfigError(f"`{setting.name}` must be one of {list(setting.choices)}, got {value!r}")
+    check_dual_settings(config.init_lambda, config.ratio_var_target, config.dual_lr, config.dual_update,
+                        config.lambda_max, config.lambda_min, config.dual_step_max)
 
 
 def dual_controller(config: Any) -> DualController:

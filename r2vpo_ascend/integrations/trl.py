@@ -88,10 +88,7 @@ def _check_args(args: Any) -> None:
     problems = unsupported_options(args)
     if problems:
         raise ConfigError("R2VPOGRPOTrainer does not support: " + "; ".join(problems))
-    try:
-        check_settings(args)
-    except ValueError as exc:
-        raise ConfigError(f"R2VPOGRPOConfig: {exc}") from exc
+    check_settings(args)
 
 
 def _post_init(self) -> None:
@@ -133,6 +130,7 @@ class R2VPOGRPOTrainer(GRPOTrainer):
             raise ConfigError("R2VPOGRPOTrainer does not support the router auxiliary loss "
                               "(model.config.output_router_logits=True)")
         self.r2vpo_dual = dual_controller(self.args)
+        self.r2vpo_dual_steps = 0  # dual steps taken (= optimiser steps), saved with λ
         self._r2vpo_window: RatioStats | None = None  # merged stats of this optimiser step's micro-batches
 
     # ---- the loss ---------------------------------------------------------------------------------
@@ -150,25 +148,27 @@ class R2VPOGRPOTrainer(GRPOTrainer):
             old_per_token_logps = per_token_logps.detach()
         training = self.model.training
         lam = self.r2vpo_dual.lam
-        loss, metrics = self._primal_loss(per_token_logps, old_per_token_logps, inputs["advantages"], mask,
-                                          inputs.get("ref_per_token_logps"), lam, self._reduction(inputs, training))
+        loss, stats = self._primal_loss(per_token_logps, old_per_token_logps, inputs["advantages"], mask,
+                                        inputs.get("ref_per_token_logps"), lam, self._reduction(inputs, training))
         mode = "train" if training else "eval"
         self._metrics[mode]["entropy"].append(self._global_mean(entropies, mask))
         if training:
-            self._accumulate(metrics["_stats"])
+            self._accumulate(stats)
             if self.accelerator.sync_gradients:  # last micro-batch of the optimiser step
                 self._dual_step(lam)
         return loss
 
     def _primal_loss(self, log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                      mask: torch.Tensor, ref_log_probs: torch.Tensor | None, lam: float,
-                     reduction: LossReduction) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Our r2vpo_loss, plus β·KL (k3, as TRL's) aggregated like the policy term."""
+                     reduction: LossReduction) -> tuple[torch.Tensor, RatioStats]:
+        """Our r2vpo_loss, plus β·KL (k3, as TRL's) aggregated like the policy term; returns the
+        loss and this micro-batch's ratio statistics."""
         loss_agg = LOSS_TYPES[self.loss_type]
         length = self.max_completion_length if self.loss_type == "dr_grpo" else None
-        loss, metrics = r2vpo_loss(log_probs, old_log_probs, advantages, mask, lam,
-                                   ratio_level=self.importance_sampling_level, center=self.args.center,
-                                   loss_agg=loss_agg, max_response_length=length, reduction=reduction)
+        output = r2vpo_loss(log_probs, old_log_probs, advantages, mask, lam,
+                            ratio_level=self.importance_sampling_level, center=self.args.center,
+                            loss_agg=loss_agg, max_response_length=length, reduction=reduction)
+        loss = output.loss
         if self.beta != 0.0:
             per_token_kl = kl_penalty(log_probs, ref_log_probs, "k3")
             if self.args.use_bias_correction_kl:  # TRL's default: KL weighted by the (differentiable) ρ
@@ -178,7 +178,7 @@ class R2VPOGRPOTrainer(GRPOTrainer):
                                                 max_response_length=length)
             self._metrics["train" if self.model.training else "eval"]["kl"].append(
                 self._global_mean(per_token_kl, mask))
-        return loss, metrics
+        return loss, output.stats
 
     def _reduction(self, inputs: dict[str, Any], training: bool) -> LossReduction:
         """TRL's normalisers as global denominators, so the loss is TRL's partial sum.
@@ -201,18 +201,26 @@ class R2VPOGRPOTrainer(GRPOTrainer):
 
     def _dual_step(self, lam: float) -> None:
         """One dual step on the V̂ of all micro-batches of the step, summed over processes."""
-        device = self.accelerator.device
         window, self._r2vpo_window = self._r2vpo_window, None
-        stats = window.all_reduce(
-            lambda t: self.accelerator.reduce(t.to(device), reduction="sum").cpu(),
-            lambda t: self.accelerator.gather(t.to(device)).max().reshape(1).cpu())
-        ratio_var = stats.variance()
+        stats = window.all_reduce(self._process_reduction())
+        ratio_var = stats.ratio_var()
         self.r2vpo_dual.update(ratio_var)
+        self.r2vpo_dual_steps += 1
         logged = {"r2vpo/lambda": lam, "r2vpo/lambda_next": self.r2vpo_dual.lam, "r2vpo/ratio_var": ratio_var,
                   "r2vpo/ratio_mean": stats.mean(), "r2vpo/ratio_max": stats.ratio_max if stats.num_tokens else 0.0,
                   "r2vpo/eff_adv_flip_frac": stats.to_metrics()["r2vpo/eff_adv_flip_frac"]}
         for name, value in logged.items():
             self._metrics["train"][name].append(float(value))
+
+    def _process_reduction(self) -> LossReduction:
+        """Sums over TRL's processes, through accelerate (on the accelerator's device, which the
+        collective backend may require)."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            return LossReduction()
+        return LossReduction(
+            all_reduce=lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").to(t.device),
+            world_size=accelerator.num_processes, rank=accelerator.process_index)
 
     def _global_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
         totals = torch.stack([(values.detach() * mask).sum(), mask.sum().to(values.dtype)])
@@ -226,7 +234,7 @@ class R2VPOGRPOTrainer(GRPOTrainer):
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, DUAL_STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.r2vpo_dual.state_dict(), f, indent=1)
+                json.dump({"dual": self.r2vpo_dual.state_dict(), "dual_steps": self.r2vpo_dual_steps}, f, indent=1)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -237,5 +245,7 @@ class R2VPOGRPOTrainer(GRPOTrainer):
             raise CheckpointError(f"{checkpoint} has no {DUAL_STATE_FILE}: it was not written by R2VPOGRPOTrainer, "
                                   "so λ cannot be restored (resuming would silently restart λ at init_lambda)")
         with open(path, encoding="utf-8") as f:
-            self.r2vpo_dual.load_state_dict(json.load(f))
+            saved = json.load(f)
+        self.r2vpo_dual.load_state_dict(saved["dual"])
+        self.r2vpo_dual_steps = int(saved["dual_steps"])
         self._r2vpo_window = None

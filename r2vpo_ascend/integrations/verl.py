@@ -67,10 +67,7 @@ SUPPORTED_LOSS_AGG = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
 
 
 def _post_init(self) -> None:
-    try:
-        check_settings(self)
-    except ValueError as exc:
-        raise ConfigError(f"R2VPOPolicyLossConfig: {exc}") from exc
+    check_settings(self)  # ConfigError naming the field
 
 
 # verl's PolicyLossConfig + the shared R²VPO fields (same names, defaults and help as R2VPOConfig)
@@ -97,6 +94,8 @@ class DualState:
     calls: int = 0                     # loss calls in the current mini-batch
     window: RatioStats | None = None   # merged statistics of those calls
     state_path: str | None = None
+    dual_steps: int = 0                # dual steps taken (= optimiser steps), saved with λ
+    last_ratio_var: float | None = None  # the global V̂ of the last dual step
 
 
 _STATE: DualState | None = None
@@ -135,12 +134,14 @@ def _state_for(config: Any) -> DualState:
     global _STATE
     if _STATE is None:
         settings = config.policy_loss
-        controller = dual_controller(settings)
         path = settings.get("dual_state_path")
+        state = DualState(dual_controller(settings), micro_batches_per_mini_batch(config), state_path=path)
         if path and os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                controller.load_state_dict(json.load(f))
-        _STATE = DualState(controller, micro_batches_per_mini_batch(config), state_path=path)
+                saved = json.load(f)
+            state.controller.load_state_dict(saved["dual"])
+            state.dual_steps = int(saved["dual_steps"])
+        _STATE = state
     return _STATE
 
 
@@ -163,30 +164,33 @@ def _reduction(config: Any, loss_agg_mode: str) -> tuple[LossReduction | None, i
                          global_seqs=None if seqs is None else float(seqs) / dp_size), length
 
 
-def _all_reduce(device: torch.device, op: Any):
-    def reduce(values: torch.Tensor) -> torch.Tensor:
-        values = values.to(device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(values, op=op)
-        return values.cpu()
-    return reduce
+def _world_reduction(device: torch.device) -> LossReduction:
+    """Sums over the default process group, on ``device`` (the loss's: the collective backend of
+    an accelerator may not take host tensors); no collective in one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return LossReduction()
+
+    def all_reduce(values: torch.Tensor) -> torch.Tensor:
+        on_device = values.to(device)
+        dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+        return on_device.to(values.device)
+    return LossReduction(all_reduce=all_reduce, world_size=dist.get_world_size(), rank=dist.get_rank())
 
 
-def _dual_step(state: DualState, device: torch.device) -> float:
+def _dual_step(state: DualState, device: torch.device) -> None:
     """One dual step on the V̂ of the mini-batch's micro-batches, summed over all ranks."""
     window, state.window, state.calls = state.window, None, 0
-    stats = window.all_reduce(_all_reduce(device, torch.distributed.ReduceOp.SUM),
-                              _all_reduce(device, torch.distributed.ReduceOp.MAX))
-    ratio_var = stats.variance()
-    state.controller.update(ratio_var)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if state.state_path and rank == 0:
+    reduction = _world_reduction(device)
+    state.last_ratio_var = window.all_reduce(reduction).ratio_var()
+    state.controller.update(state.last_ratio_var)
+    state.dual_steps += 1
+    if state.state_path and reduction.rank == 0:
         temporary = f"{state.state_path}.tmp"
         os.makedirs(os.path.dirname(os.path.abspath(state.state_path)), exist_ok=True)
         with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(state.controller.state_dict(), f, indent=1)
+            json.dump({"dual": state.controller.state_dict(), "dual_steps": state.dual_steps}, f, indent=1)
         os.replace(temporary, state.state_path)  # atomic: a crash never leaves half a file
-    return ratio_var
 
 
 @register_policy_loss(LOSS_NAME)
@@ -206,16 +210,16 @@ def compute_policy_loss_r2vpo(old_log_prob: torch.Tensor, log_prob: torch.Tensor
     state = _state_for(config)
     reduction, length = _reduction(config, loss_agg_mode)
     lam = state.controller.lam
-    loss, metrics = r2vpo_loss(log_prob, old_log_prob, advantages, response_mask, lam,
-                               ratio_level="token",  # verl's ratios are per token (GSPO is a loss of its own)
-                               center=config.policy_loss.center, loss_agg=loss_agg_mode,
-                               max_response_length=None if length is None else int(length), reduction=reduction)
-    stats: RatioStats = metrics["_stats"]
-    state.window = stats if state.window is None else state.window.merge(stats)
+    output = r2vpo_loss(log_prob, old_log_prob, advantages, response_mask, lam,
+                        ratio_level="token",  # verl's ratios are per token (GSPO is a loss of its own)
+                        center=config.policy_loss.center, loss_agg=loss_agg_mode,
+                        max_response_length=None if length is None else int(length), reduction=reduction)
+    state.window = output.stats if state.window is None else state.window.merge(output.stats)
     state.calls += 1
     if state.calls == state.micro_batches_per_step:  # the last micro-batch of the optimiser step
         _dual_step(state, log_prob.device)
-    return loss, {"actor/r2vpo_lambda": lam, "actor/r2vpo_ratio_var": metrics["r2vpo/ratio_var"],
+    metrics = output.metrics()
+    return output.loss, {"actor/r2vpo_lambda": lam, "actor/r2vpo_ratio_var": metrics["r2vpo/ratio_var"],
                   "actor/r2vpo_ratio_mean": metrics["r2vpo/ratio_mean"],
                   "actor/r2vpo_ratio_max": metrics["r2vpo/ratio_max"],
                   "actor/ppo_kl": -_masked_mean(log_prob.detach() - old_log_prob, response_mask)}
