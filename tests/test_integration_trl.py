@@ -154,6 +154,43 @@ def test_loss_and_gradient_equal_r2vpo_loss(tmp_path, loss_type, loss_agg, level
     assert trainer.r2vpo_dual_steps == 1  # sync_gradients outside accumulation: one dual step
 
 
+@pytest.mark.parametrize("loss_type, loss_agg", [("dapo", "token-mean"), ("grpo", "seq-mean-token-mean"),
+                                                ("dr_grpo", "seq-mean-token-sum-norm")])
+def test_two_accumulated_micro_batches_give_the_gradient_of_their_union(tmp_path, loss_type, loss_agg):
+    """TRL's normalisers as global denominators: the summed micro-batch gradients of one
+    optimiser step are those of r2vpo_loss over the whole step (c = 1: exact; see the docs for
+    center=mean)."""
+    trainer = make_trainer(make_args(tmp_path, loss_type=loss_type, center="one", init_lambda=2.0,
+                                     gradient_accumulation_steps=2, steps_per_generation=2))
+    trainer.current_gradient_accumulation_steps = 2
+    model = trainer.model
+    model.train()
+    generator = torch.Generator().manual_seed(2)
+    parts = [_micro_batch(trainer, generator) for _ in range(2)]
+    for part in parts:
+        with torch.no_grad():
+            part["old_per_token_logps"] = _log_probs(model, part) + 0.3 * torch.randn(4, 6, generator=generator)
+    total = sum(part["completion_mask"].sum() for part in parts)
+    params = list(model.parameters())
+    summed = [torch.zeros_like(p) for p in params]
+    for index, part in enumerate(parts):
+        part["num_items_in_batch"] = total  # TRL's count over the generation batch (= this step)
+        # As the Trainer does: only the last micro-batch of the step syncs (and takes the dual step).
+        trainer.accelerator.gradient_state._set_sync_gradients(index == len(parts) - 1)
+        for acc, grad in zip(summed, torch.autograd.grad(trainer._compute_loss(model, part), params,
+                                                         allow_unused=True)):
+            if grad is not None:
+                acc += grad
+    whole = {key: torch.cat([part[key] for part in parts]) for key in parts[0] if key != "num_items_in_batch"}
+    expected = r2vpo_loss(_log_probs(model, whole), whole["old_per_token_logps"], whole["advantages"],
+                          whole["completion_mask"], 2.0, center="one", loss_agg=loss_agg,
+                          max_response_length=6 if loss_type == "dr_grpo" else None).loss
+    for got, want in zip(summed, torch.autograd.grad(expected, params, allow_unused=True)):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    assert trainer.r2vpo_dual_steps == 1 and trainer.r2vpo_dual.lam != 2.0
+
+
 # ---- training, λ and checkpoints ---------------------------------------------------------------
 
 

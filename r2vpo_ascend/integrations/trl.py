@@ -23,6 +23,11 @@ processes and ONE dual step is taken on the global V̂, so every process holds t
 pattern of TRL's adaptive entropy controller). λ is saved as ``r2vpo_dual.json`` in each TRL
 checkpoint and restored by ``trainer.train(resume_from_checkpoint=...)``.
 
+``center="mean"``: c is the mean ρ of each micro-batch (the exact c of the whole step needs a
+pre-pass TRL does not make); the dual step's V̂ is exact (centred on the step's mean), and
+``center="one"`` is exact everywhere (tests/test_integration_trl.py checks the summed
+micro-batch gradients against the whole step's).
+
 With ``num_iterations=1`` and on-policy generation (``steps_per_generation <=
 gradient_accumulation_steps``, no vLLM) TRL passes no ``old_per_token_logps``: ρ ≡ 1, V̂ = 0 and
 R²VPO reduces to the plain policy gradient (λ then only decays towards ``lambda_min``). R²VPO
