@@ -27,7 +27,7 @@ stamp="$VENV/.r2vpo-verl-stamp"
 want="$(cat "$0" "$CONSTRAINTS" setup.py | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # torch first, pinned (the CPU build of constraints-cpu.txt), so nothing after changes it.
-    python -m pip install -q --upgrade pip
+    python -m pip install -q --upgrade pip setuptools wheel
     python -m pip install -q -c "$CONSTRAINTS" torch
     pins="$VENV/.torch-pin.txt"
     python -c "import torch; print(f'torch=={torch.__version__}')" > "$pins"

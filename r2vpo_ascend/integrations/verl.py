@@ -208,6 +208,12 @@ def compute_policy_loss_r2vpo(old_log_prob: torch.Tensor, log_prob: torch.Tensor
         raise ConfigError(f"loss_mode=r2vpo supports loss_agg_mode in {list(SUPPORTED_LOSS_AGG)}, "
                           f"got {loss_agg_mode!r}")
     state = _state_for(config)
+    per_step = micro_batches_per_mini_batch(config)
+    if per_step != state.micro_batches_per_step:
+        if state.calls:  # the mini-batch size changed inside a mini-batch: its boundary is lost
+            raise ConfigError(f"loss_mode=r2vpo: the micro-batches per mini-batch changed from "
+                              f"{state.micro_batches_per_step} to {per_step} within a mini-batch")
+        state.micro_batches_per_step = per_step
     reduction, length = _reduction(config, loss_agg_mode)
     lam = state.controller.lam
     output = r2vpo_loss(log_prob, old_log_prob, advantages, response_mask, lam,
