@@ -191,6 +191,34 @@ def test_two_accumulated_micro_batches_give_the_gradient_of_their_union(tmp_path
     assert trainer.r2vpo_dual_steps == 1 and trainer.r2vpo_dual.lam != 2.0
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
+def test_at_lambda_zero_the_loss_is_trls_own_unclipped_loss_with_kl(tmp_path, loss_type):
+    """TRL's own _compute_loss as the reference: with λ = 0 and clipping out of reach, R²VPO's
+    loss is TRL's, normalisers and the β·KL term (bias-corrected, TRL's default) included."""
+    from trl import GRPOTrainer
+    trainer = make_trainer(make_args(tmp_path, loss_type=loss_type, init_lambda=0.0, epsilon=1e6,
+                                     epsilon_high=1e6, gradient_accumulation_steps=1, steps_per_generation=1))
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.beta = 0.1  # set after construction: with β > 0 at start TRL would download a reference model
+    model = trainer.model
+    model.train()
+    generator = torch.Generator().manual_seed(3)
+    inputs = _micro_batch(trainer, generator)
+    with torch.no_grad():
+        log_probs = _log_probs(model, inputs)
+        inputs["old_per_token_logps"] = log_probs + 0.3 * torch.randn(4, 6, generator=generator)
+        inputs["ref_per_token_logps"] = log_probs + 0.5 * torch.randn(4, 6, generator=generator)
+    params = list(model.parameters())
+    ours = trainer._compute_loss(model, inputs)
+    ours_grads = torch.autograd.grad(ours, params, allow_unused=True)
+    theirs = GRPOTrainer._compute_loss(trainer, model, inputs)
+    theirs_grads = torch.autograd.grad(theirs, params, allow_unused=True)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-7)
+    for got, want in zip(ours_grads, theirs_grads):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 # ---- training, λ and checkpoints ---------------------------------------------------------------
 
 
