@@ -78,6 +78,18 @@ def test_r2vpo_fields_match_r2vpo_config_and_the_shared_table():
         {s.name: getattr(R2VPOConfig(), s.name) for s in R2VPO_SETTINGS}
 
 
+def test_trl_command_line_parser_reads_the_r2vpo_fields_and_the_config_pickles():
+    """TRL scripts parse their config with TrlParser; checkpoints pickle it (training_args.bin)."""
+    import pickle
+
+    from trl import TrlParser
+    (args,) = TrlParser(R2VPOGRPOConfig).parse_args_and_config(
+        ["--output_dir", "unused", "--report_to", "none", "--use_cpu", "true", "--init_lambda", "0.3",
+         "--dual_step_max", "0.5", "--center", "one"])
+    assert (args.init_lambda, args.dual_step_max, args.center) == (0.3, 0.5, "one")
+    assert pickle.loads(pickle.dumps(args)).init_lambda == 0.3
+
+
 @pytest.mark.parametrize("option, value, named", [
     ("loss_type", "cispo", "loss_type"), ("top_entropy_quantile", 0.5, "top_entropy_quantile"),
     ("off_policy_mask_threshold", 0.1, "off_policy_mask_threshold"), ("delta", 2.0, "delta"),
