@@ -405,3 +405,17 @@ def test_readme_loss_library_snippet_runs():
                  "response_mask": mask, "optimizer": torch.optim.SGD([weight], lr=0.1), "print": lambda *a: None}
     exec(snippet, namespace)
     assert namespace["dual"].lam != 1.0 and weight.grad is not None
+
+
+def test_policy_loss_config_is_built_from_the_run_config(tmp_path):
+    """One function builds the loss contract from R2VPOConfig; bad settings fail on loading."""
+    from r2vpo_ascend.trainer.config import R2VPOConfig
+    path = tmp_path / "run.yaml"
+    path.write_text("loss: ppo_clip\nloss_agg: seq-mean-token-sum-norm\nmax_new_tokens: 12\ndual_clip: 3\n")
+    config = R2VPOConfig.from_yaml(path).policy_loss_config()
+    assert config == PolicyLossConfig(loss_agg="seq-mean-token-sum-norm", max_response_length=12, dual_clip=3.0)
+    assert R2VPOConfig.from_yaml(path, ["max_response_length=20"]).policy_loss_config().max_response_length == 20
+    for override, field in (("dual_clip=0.5", "dual_clip"), ("max_response_length=0", "max_response_length"),
+                            ("clip_eps_low=1.0", "clip_eps_low")):
+        with pytest.raises(ConfigError, match=f"`{field}`"):
+            R2VPOConfig.from_yaml(path, [override])

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from r2vpo_ascend.algos.dual import check_dual_settings
+from r2vpo_ascend.algos.aggregation import LOSS_AGG_MODES
+from r2vpo_ascend.algos.dual import DUAL_MODES, check_dual_settings
 from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
-from r2vpo_ascend.algos.losses import PolicyLossConfig
+from r2vpo_ascend.algos.losses import CENTERS, PolicyLossConfig
+from r2vpo_ascend.algos.ratio import RATIO_LEVELS
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -109,16 +111,16 @@ class R2VPOConfig:
                    "`gspo`, or any name added with `register_policy_loss`.")
     advantage: str = _f("grpo", "Advantage estimator: `grpo`, `dr_grpo`, `rloo`.", ("grpo", "dr_grpo", "rloo"))
     ratio_level: str = _f("token", "R²VPO ratio: per `token`, or per `sequence` (geometric mean, as GSPO).",
-                          ("token", "sequence"))
-    center: str = _f("mean", "Centre c of the variance term: batch mean of ρ (`mean`) or 1 (`one`).", ("mean", "one"))
+                          RATIO_LEVELS)
+    center: str = _f("mean", "Centre c of the variance term: batch mean of ρ (`mean`) or 1 (`one`).", CENTERS)
     loss_agg: str = _f("token-mean", "Loss aggregation: `token-mean` (DAPO), `seq-mean-token-mean` (GRPO), "
                        "`seq-mean-token-sum`, `seq-mean-token-sum-norm` (Dr. GRPO).",
-                       ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
+                       LOSS_AGG_MODES)
     init_lambda: float = _f(1.0, "Initial Lagrange multiplier λ of the ratio-variance constraint.")
     ratio_var_target: float = _f(0.05, "δ: the bound on the ratio variance V̂ (a default, tune per task).")
     dual_lr: float = _f(0.5, "η_λ: step size of the dual update of λ.")
     dual_update: str = _f("additive", "λ update: `additive`, `multiplicative`, or `none` (fixed λ ablation).",
-                          ("additive", "multiplicative", "none"))
+                          DUAL_MODES)
     lambda_max: float = _f(100.0, "Upper bound on λ.")
     lambda_min: float = _f(0.0, "Lower bound on λ.")
     dual_step_max: float | None = _f(None, "Bound on one dual update (additive: |Δλ|; multiplicative: |log-step|), "
