@@ -2,9 +2,8 @@
 
 Frameworks that carry their own config (TRL's ``GRPOConfig``, verl's ``PolicyLossConfig``)
 already have fields for the ratio level, the loss aggregation and the KL coefficient; what they
-lack is this table. ``r2vpo_ascend.integrations`` builds its config fields from it, and a test
-checks that ``R2VPOConfig`` has the same names, defaults, help and choices, so the three
-configs cannot drift apart.
+lack is this table. ``R2VPOConfig`` and the configs of ``r2vpo_ascend.integrations`` all build
+these fields from it (names, defaults, help, choices), so the three cannot drift apart.
 """
 
 from __future__ import annotations
