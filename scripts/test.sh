@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/_install.sh
 # The verl plugin's tests need verl's own environment (scripts/test_verl.sh): building it from
-# nothing took 6 min here, over the 3 min the default suite may spend on it, so they are opt-in.
+# nothing took 6-7 min here, over the 3 min the default suite may spend on it, so they are opt-in.
 if [ "${R2VPO_TEST_VERL:-0}" = "1" ]; then bash scripts/test_verl.sh; fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
