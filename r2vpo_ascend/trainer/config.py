@@ -45,15 +45,6 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
 
 
-SETTINGS_BY_NAME = {setting.name: setting for setting in R2VPO_SETTINGS}
-
-
-def _shared(name: str):
-    """A field defined in :data:`~r2vpo_ascend.algos.dual_settings.R2VPO_SETTINGS`."""
-    setting = SETTINGS_BY_NAME[name]
-    return _f(setting.default, setting.help, setting.choices)
-
-
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):
     meta = {"help": help}
     if choices is not None:
@@ -61,6 +52,15 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
+
+
+SETTINGS_BY_NAME = {setting.name: setting for setting in R2VPO_SETTINGS}
+
+
+def _shared(name: str):
+    """A field defined in :data:`~r2vpo_ascend.algos.dual_settings.R2VPO_SETTINGS`."""
+    setting = SETTINGS_BY_NAME[name]
+    return _f(setting.default, setting.help, setting.choices)
 
 
 @dataclass
