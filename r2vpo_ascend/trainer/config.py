@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 from r2vpo_ascend.algos.aggregation import LOSS_AGG_MODES
-from r2vpo_ascend.algos.dual import DUAL_MODES, check_dual_settings
+from r2vpo_ascend.algos.dual import check_dual_settings
+from r2vpo_ascend.algos.dual_settings import R2VPO_SETTINGS
 from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
-from r2vpo_ascend.algos.losses import CENTERS, PolicyLossConfig
+from r2vpo_ascend.algos.losses import PolicyLossConfig
 from r2vpo_ascend.algos.ratio import RATIO_LEVELS
 
 
@@ -60,6 +61,15 @@ def _f(default: Any, help: str, choices: tuple | None = None, *, on_resume: str 
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
+
+
+SETTINGS_BY_NAME = {setting.name: setting for setting in R2VPO_SETTINGS}
+
+
+def _shared(name: str):
+    """A field defined in :data:`~r2vpo_ascend.algos.dual_settings.R2VPO_SETTINGS`."""
+    setting = SETTINGS_BY_NAME[name]
+    return _f(setting.default, setting.help, setting.choices)
 
 
 @dataclass
@@ -130,20 +140,18 @@ class R2VPOConfig:
     advantage: str = _f("grpo", "Advantage estimator: `grpo`, `dr_grpo`, `rloo`.", ("grpo", "dr_grpo", "rloo"))
     ratio_level: str = _f("token", "R²VPO ratio: per `token`, or per `sequence` (geometric mean, as GSPO).",
                           RATIO_LEVELS)
-    center: str = _f("mean", "Centre c of the variance term: batch mean of ρ (`mean`) or 1 (`one`).", CENTERS)
+    center: str = _shared("center")
     loss_agg: str = _f("token-mean", "Loss aggregation: `token-mean` (DAPO), `seq-mean-token-mean` (GRPO), "
                        "`seq-mean-token-sum`, `seq-mean-token-sum-norm` (Dr. GRPO).",
                        LOSS_AGG_MODES)
-    init_lambda: float = _f(1.0, "Initial Lagrange multiplier λ of the ratio-variance constraint.")
-    ratio_var_target: float = _f(0.05, "δ: the bound on the ratio variance V̂ (a default, tune per task).")
-    dual_lr: float = _f(0.5, "η_λ: step size of the dual update of λ.")
-    dual_update: str = _f("additive", "λ update: `additive`, `multiplicative`, or `none` (fixed λ ablation).",
-                          DUAL_MODES)
-    lambda_max: float = _f(100.0, "Upper bound on λ.")
-    lambda_min: float = _f(0.0, "Lower bound on λ.")
-    dual_step_max: float | None = _f(None, "Bound on one dual update (additive: |Δλ|; multiplicative: |log-step|), "
-                                     "so one step with an outlier ratio cannot send λ to lambda_max. None: the "
-                                     "spec's unbounded update.")
+    # λ and its dual step: one table shared with the TRL and verl integrations (algos/dual_settings.py).
+    init_lambda: float = _shared("init_lambda")
+    ratio_var_target: float = _shared("ratio_var_target")
+    dual_lr: float = _shared("dual_lr")
+    dual_update: str = _shared("dual_update")
+    lambda_max: float = _shared("lambda_max")
+    lambda_min: float = _shared("lambda_min")
+    dual_step_max: float | None = _shared("dual_step_max")
     clip_eps_low: float | None = _f(None, "ε (lower) of the clipping baselines; default per loss: 0.2 for "
                                     "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
     clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
