@@ -52,7 +52,8 @@ def test_a_second_run_on_a_locked_output_dir_is_refused(tmp_path):
                                "from r2vpo_ascend.trainer.run_dir import OutputDirLock\n"
                                f"lock = OutputDirLock({str(run)!r}).acquire()\n"
                                "print('locked', flush=True)\ntime.sleep(60)\n"],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputDirLockedError, match=f"is in use by another run \\(pid {holder.pid} on "):
@@ -163,7 +164,8 @@ def test_a_python_reward_is_found_in_the_working_directory_or_refused(tmp_path, 
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     with pytest.raises(RewardError, match="cannot import module 'my_reward_mod'"):
         R2VPOTrainer(config=config(tmp_path, reward="python:my_reward_mod:score"))
-    (tmp_path / "my_reward_mod.py").write_text("def score(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    (tmp_path / "my_reward_mod.py").write_text("def score(prompts, completions, **kw):\n"
+                                               "    return [0.0] * len(completions)\n")
     with pytest.raises(RewardError, match="has no attribute 'nope'"):
         R2VPOTrainer(config=config(tmp_path, reward="python:my_reward_mod:nope"))
     from r2vpo_ascend.rewards import get_reward_fn

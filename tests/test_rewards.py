@@ -327,7 +327,8 @@ def test_a_top_level_script_can_use_math_verify(tmp_path):
     script.write_text("from r2vpo_ascend.rewards import MathVerifyReward\n"
                       "print('TOP-LEVEL CODE RAN', flush=True)\n"
                       "reward = MathVerifyReward(timeout_s=10.0, num_workers=2)\n"
-                      "print('SCORES', reward(None, ['\\\\boxed{5}', '\\\\boxed{4}'], answer=['5', '5']), flush=True)\n")
+                      "scores = reward(None, ['\\\\boxed{5}', '\\\\boxed{4}'], answer=['5', '5'])\n"
+                      "print('SCORES', scores, flush=True)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
                          cwd=tmp_path)

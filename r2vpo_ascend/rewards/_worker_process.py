@@ -22,8 +22,6 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 import traceback
 import types
 from typing import Callable
@@ -44,8 +42,10 @@ def _pid_alive(pid: int) -> bool:
 
 def tie_to_parent(parent_pid: int, *, pdeathsig: bool) -> None:
     """In a worker: die with the trainer. PR_SET_PDEATHSIG makes the kernel SIGKILL us when the
-    parent goes (works even while a task holds the GIL in C code); the watchdog thread covers
-    other platforms and a parent that died before the prctl call."""
+    parent goes (works even while a task holds the GIL in C code); `worker_loop` checks the
+    parent between tasks on other platforms and when the parent died before the prctl call.
+    (Not a watchdog thread: a second thread in the worker made sympy-heavy verification about
+    1.7x slower here, enough to turn slow-but-valid answers into timeouts.)"""
     if pdeathsig and sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -54,16 +54,10 @@ def tie_to_parent(parent_pid: int, *, pdeathsig: bool) -> None:
     if not _pid_alive(parent_pid):
         os._exit(0)
 
-    def watch() -> None:
-        while True:
-            time.sleep(WATCHDOG_PERIOD_S)
-            if not _pid_alive(parent_pid):
-                os._exit(0)
-    threading.Thread(target=watch, name="r2vpo-parent-watchdog", daemon=True).start()
 
-
-def worker_loop(conn, fn: Callable, initializer: Callable | None) -> None:
-    """Worker process loop: run ``initializer``, say ready, then answer ``(task_id, args)`` messages."""
+def worker_loop(conn, fn: Callable, initializer: Callable | None, parent_pid: int | None = None) -> None:
+    """Worker process loop: run ``initializer``, say ready, then answer ``(task_id, args)`` messages;
+    while idle, exit within WATCHDOG_PERIOD_S once ``parent_pid`` is gone."""
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -75,6 +69,9 @@ def worker_loop(conn, fn: Callable, initializer: Callable | None) -> None:
     conn.send(("ready", None, None))
     while True:
         try:
+            while parent_pid is not None and not conn.poll(WATCHDOG_PERIOD_S):
+                if not _pid_alive(parent_pid):
+                    return
             message = conn.recv()
         except (EOFError, OSError):  # the parent has gone
             return
@@ -126,7 +123,7 @@ def main(argv: list[str]) -> None:
     except BaseException:
         conn.send(("startup_error", None, traceback.format_exc()))
         return
-    worker_loop(conn, fn, initializer)
+    worker_loop(conn, fn, initializer, spec["parent_pid"])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ worker has its own pipe, so one worker can be killed and replaced while the othe
   with the ``spawn`` or ``forkserver`` context (whose children re-import the main script),
   never ``fork`` (forking a process that runs torch threads can deadlock the child).
 - Workers die with their parent: on Linux the kernel kills them when the thread that started
-  them exits (``PR_SET_PDEATHSIG``, even while a task is stuck in C code), and a watchdog
-  thread in each worker exits when the parent pid is gone (all platforms).
+  them exits (``PR_SET_PDEATHSIG``, even while a task is stuck in C code), and an idle worker
+  exits when the parent pid is gone (all platforms).
 - Workers are created lazily, on the first ``map``; a killed worker's replacement starts at
   once, in the background, and its start-up time never counts against a task's limit.
 - ``map`` may be called from any thread (calls are serialised by a lock); the parent uses no
@@ -56,7 +56,7 @@ class TaskResult:
 def _worker_main(conn, fn: Callable, initializer: Callable | None, parent_pid: int, pdeathsig: bool) -> None:
     """Entry of a `spawn` / `forkserver` worker."""
     tie_to_parent(parent_pid, pdeathsig=pdeathsig)
-    worker_loop(conn, fn, initializer)
+    worker_loop(conn, fn, initializer, parent_pid)
 
 
 def _ref(fn: Callable | None) -> str:
