@@ -81,14 +81,21 @@ def test_math_reward_accepts_non_string_gold_and_checks_columns(math_reward):
         math_reward(None, ["\\boxed{1}"], answer=["1", "2"])
 
 
-def test_every_shipped_gold_answer_verifies_against_itself(math_reward):
-    # Guards gold-answer parsing (e.g. "\\$18.90", tuples, intervals, \\text{...}).
+def test_every_shipped_gold_answer_verifies_against_itself():
+    # Guards gold-answer parsing (e.g. "\\$18.90", tuples, intervals, \\text{...}). A generous
+    # per-call limit: this checks parsing, and a loaded machine must not turn a slow gold into a
+    # timeout (the 1.5 s fixture is for the adversarial test below).
     from r2vpo_ascend.data import load_problems
 
     records = load_problems("math500", split="test") + load_problems("aime24", split="test")
     records += load_problems("aime25", split="test") + load_problems("gsm8k", split="test", limit=100)
     golds = [r["answer"] for r in records]
-    scores = math_reward(None, [f"Thus the final answer is \\boxed{{{g}}}." for g in golds], answer=golds)
+    reward = MathVerifyReward(timeout_s=20.0, num_workers=2)
+    try:
+        scores = reward(None, [f"Thus the final answer is \\boxed{{{g}}}." for g in golds], answer=golds)
+        assert reward.last_metrics["reward/verify_timeouts"] == 0
+    finally:
+        reward.close()
     assert [g for g, s in zip(golds, scores) if s != 1.0] == []
 
 
@@ -105,12 +112,9 @@ def test_math_reward_format_weight(math_reward):
 def test_adversarial_completions_time_out_and_the_pool_recovers(math_reward):
     before = math_reward.stats
     completions = list(ADVERSARIAL.values()) + ["\\boxed{5}"]
-    start = time.monotonic()
+    # The stuck calls are killed after 1.5 s each and the workers restarted (counted below);
+    # without that kill this call would hang and the pytest timeout above would fail the test.
     scores = math_reward(None, completions, answer=["5"] * len(completions))
-    elapsed = time.monotonic() - start
-
-    # 4 stuck calls on 2 workers: two rounds of 1.5 s plus worker restarts, not minutes.
-    assert elapsed < 12.0, f"adversarial batch took {elapsed:.1f} s"
     assert scores == [0.0] * len(ADVERSARIAL) + [1.0]
     metrics = math_reward.last_metrics
     assert metrics["reward/verify_timeouts"] >= 3, metrics  # the tower and the factorial always hang
@@ -169,9 +173,7 @@ def test_worker_function_reports_math_verify_own_timeout():
 
     init_worker()
     assert verify_completion("so \\boxed{\\frac{6}{4}}", "1.5", 1) == (1.0, "ok")
-    start = time.monotonic()
-    assert verify_completion(ADVERSARIAL["power tower"], "5", 1) == (0.0, "timeout")
-    assert time.monotonic() - start < 5.0
+    assert verify_completion(ADVERSARIAL["power tower"], "5", 1) == (0.0, "timeout")  # else it would hang
 
 
 # ------------------------------------------------------------------------------ the process pool
@@ -179,9 +181,7 @@ def test_worker_function_reports_math_verify_own_timeout():
 def test_pool_kills_a_stuck_task_and_reports_errors():
     # time.sleep is picklable; sleep(30) stands for a verifier stuck in C code, sleep(-1) raises.
     with TimeoutProcessPool(time.sleep, num_workers=1, timeout_s=0.5) as pool:
-        start = time.monotonic()
-        results = pool.map([(0,), (30,), (-1,), (0,)])
-        assert time.monotonic() - start < 10.0
+        results = pool.map([(0,), (30,), (-1,), (0,)])  # "timeout" below: killed, not slept through
         assert [r.status for r in results] == ["ok", "timeout", "error", "ok"]
         assert "ValueError" in results[2].error
         assert pool.stats == {"calls": 4, "timeouts": 1, "errors": 1, "restarts": 1}
