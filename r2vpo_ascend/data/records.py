@@ -88,3 +88,13 @@ def prompt_records(source: str, tokenizer, *, split: str, template: str | None =
     else:
         records = load_problems(source, problem_key=problem_key, answer_key=answer_key, split=file_split, limit=limit)
     return with_prompts(records, tokenizer, template=template, system_prompt=system_prompt)
+
+
+def as_records(dataset, name: str) -> list[dict]:
+    """A user-given dataset (list of dicts or a `datasets.Dataset`) as records; it needs a `prompt` column."""
+    records = [dict(r) for r in dataset]
+    if not records:
+        raise ConfigError(f"`{name}` is empty")
+    if "prompt" not in records[0]:
+        raise ConfigError(f"`{name}` needs a `prompt` column; it has {sorted(records[0])}")
+    return records

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from r2vpo_ascend.algos.errors import ModelLoadError  # noqa: F401  (re-exported)
+from r2vpo_ascend.algos.errors import ConfigError, ModelLoadError  # noqa: F401  (ModelLoadError re-exported)
 from r2vpo_ascend.models.pangu import (PANGU_ARCHITECTURE, build_pangu_tiny_model, is_pangu_embedded,
                                        load_pangu_as_llama, read_config_json)
 from r2vpo_ascend.models.tiny import build_tiny_model
@@ -118,3 +118,11 @@ def load_local_checkpoint(path: Path, *, trust_remote_code: bool = False,
             how, message = HOW_BUILTIN, f"loaded {path} as {type(model).__name__} (transformers built-in)"
     logger.info(message)
     return LoadedModel(model, how, message)
+
+def enable_gradient_checkpointing(model) -> None:
+    """Activation recomputation in the training forward (transformers' per-layer checkpointing,
+    non-reentrant: works with frozen inputs and with DeepSpeed ZeRO-3's gathered parameters)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it "
+                          "(transformers' `supports_gradient_checkpointing` is False)")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -116,3 +116,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run's output_dir?")
     return _parse_lines(path)
+
+
+def summary_line(record: dict) -> str:
+    """The one-line progress summary the trainer prints every `log_every` steps."""
+    keys = [("reward/mean", "reward"), ("eval/accuracy", "eval_acc"), ("r2vpo/lambda", "λ"),
+            ("r2vpo/ratio_var", "V̂"), ("replay/ess_frac", "ess"), ("response_length/mean", "len"),
+            ("perf/time_step_s", "s/step")]
+    parts = [f"step {record['step']}"]
+    parts += [f"{short} {record[k]:.4g}" for k, short in keys if isinstance(record.get(k), (int, float))]
+    return " | ".join(parts)

@@ -221,3 +221,13 @@ def stop_requested(signum: int | None, step: int, output_dir: str | Path) -> Sto
     signum = signum or signal.SIGINT  # another rank was asked
     return StopRequested(f"stopped by {signal.Signals(signum).name} after RL step {step}; its checkpoint is in "
                          f"{Path(output_dir) / 'checkpoints'}: run the same command again to resume", signum)
+
+
+def rank_failure_message(error: BaseException, rank: int, world_size: int, step: int,
+                         collective_timeout_s: float) -> str:
+    """What one rank prints when its step fails in a multi-process run: the others only see
+    their next collective fail, so the first such message in the launcher's report is the cause."""
+    return (f"[rank {rank}] step {step} failed: {type(error).__name__}: {error}\n"
+            f"[rank {rank}] with {world_size} processes, one that dies or hangs makes the others' "
+            f"collectives fail (after collective_timeout_s={collective_timeout_s:g} s at most); the first "
+            f"failure in the launcher's report is the cause. Resume restarts from the last checkpoint.")

@@ -35,19 +35,20 @@ from r2vpo_ascend.algos import DualController, compute_advantages
 from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count
 from r2vpo_ascend.rewards import CORRECT_THRESHOLD
 from r2vpo_ascend.data import PromptSampler
+from r2vpo_ascend.data.records import as_records
 from r2vpo_ascend.evaluation import check_groups, evaluate, score_completions, tokenize_prompts
 from r2vpo_ascend.models.dtypes import resolve_dtype
-from r2vpo_ascend.models.loading import load_model_and_tokenizer
+from r2vpo_ascend.models.loading import enable_gradient_checkpointing, load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, resume_state, save_checkpoint
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig, check_resume_config
 from r2vpo_ascend.trainer.global_batch import GlobalBatchLayout
 from r2vpo_ascend.engines import make_engine
-from r2vpo_ascend.trainer.loggers import MetricsLogger
+from r2vpo_ascend.trainer.loggers import MetricsLogger, summary_line
 from r2vpo_ascend.trainer.policy_update import PolicyUpdater
 from r2vpo_ascend.trainer.preflight import preflight
 from r2vpo_ascend.trainer.run_dir import (DivergenceGuard, OutputDirLock, StopSignals, diverged_on_nonfinite,
-                                          start_fresh, stop_requested)
+                                          rank_failure_message, start_fresh, stop_requested)
 from r2vpo_ascend.trainer.setup import config_records, config_reward_fn
 from r2vpo_ascend.trainer.sft import sft_warm_start
 
@@ -125,9 +126,9 @@ class R2VPOTrainer:
         """Reward function, training and held-out records, the prompt sampler."""
         cfg = self.config
         self.reward_fn = reward_fn or config_reward_fn(cfg)
-        self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
+        self.train_records = as_records(train_dataset, "train_dataset") if train_dataset is not None \
             else config_records(cfg, self.tokenizer, split="train")
-        self.eval_records = _as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
+        self.eval_records = as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
             else (config_records(cfg, self.tokenizer, split="eval") if cfg.eval_every > 0 else [])
         if len(self.train_records) < cfg.prompts_per_step:
             raise ConfigError(f"the training set has {len(self.train_records)} prompts, fewer than "
@@ -192,11 +193,8 @@ class R2VPOTrainer:
                 self._run_step(step)
         except Exception as e:
             if self.dist.world_size > 1:  # say which rank and step; the others fail in their next collective
-                print(f"[rank {self.dist.rank}] step {self.step + 1} failed: {type(e).__name__}: {e}\n"
-                      f"[rank {self.dist.rank}] with {self.dist.world_size} processes, one that dies or hangs makes "
-                      f"the others' collectives fail (after collective_timeout_s={cfg.collective_timeout_s:g} s "
-                      f"at most); the first failure in the launcher's report is the cause. Resume restarts from "
-                      f"the last checkpoint.", file=sys.stderr, flush=True)
+                print(rank_failure_message(e, self.dist.rank, self.dist.world_size, self.step + 1,
+                                           cfg.collective_timeout_s), file=sys.stderr, flush=True)
             raise
         finally:
             self.logger.close()
@@ -247,7 +245,7 @@ class R2VPOTrainer:
             metrics.update(self._evaluate(step=None))
         record = self.logger.log(step, metrics)
         if self.dist.is_main and cfg.log_every and step % cfg.log_every == 0:
-            print(_summary_line(record), flush=True)
+            print(summary_line(record), flush=True)
         self.guard.check(step, n_nonfinite > 0, nonfinite, rank=self.dist.rank,  # stops before any save
                          last_checkpoint=latest_checkpoint(self.output_dir))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or n_stop:
@@ -400,31 +398,3 @@ class R2VPOTrainer:
         self.engine.save_pretrained(final)  # on every rank: ZeRO-3 gathers the weights
         if self.dist.is_main:
             self.tokenizer.save_pretrained(final)
-
-
-def _as_records(dataset, name: str) -> list[dict]:
-    records = [dict(r) for r in dataset]
-    if not records:
-        raise ConfigError(f"`{name}` is empty")
-    if "prompt" not in records[0]:
-        raise ConfigError(f"`{name}` needs a `prompt` column; it has {sorted(records[0])}")
-    return records
-
-
-def _summary_line(record: dict) -> str:
-    keys = [("reward/mean", "reward"), ("eval/accuracy", "eval_acc"), ("r2vpo/lambda", "λ"),
-            ("r2vpo/ratio_var", "V̂"), ("replay/ess_frac", "ess"), ("response_length/mean", "len"),
-            ("perf/time_step_s", "s/step")]
-    parts = [f"step {record['step']}"]
-    parts += [f"{short} {record[k]:.4g}" for k, short in keys if isinstance(record.get(k), (int, float))]
-    return " | ".join(parts)
-
-
-def enable_gradient_checkpointing(model) -> None:
-    """Activation recomputation in the training forward (transformers' per-layer checkpointing,
-    non-reentrant: works with frozen inputs and with DeepSpeed ZeRO-3's gathered parameters)."""
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it "
-                          "(transformers' `supports_gradient_checkpointing` is False)")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
