@@ -26,20 +26,15 @@ torch threads each; a finished run is skipped when the command is run again):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
+from experiments.launch import progress_printer, train_once
 from experiments.scheduler import schedule, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,70 +295,12 @@ def resolved_config(plan: Plan, run: Run) -> dict:
 
 
 # ---- running ------------------------------------------------------------------------------------
-def _config_hash(cfg: dict) -> str:
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def execute_run(plan: Plan, run: Run, *, in_process: bool, keep_models: bool) -> Run:
-    cfg = resolved_config(plan, run)
-    digest = _config_hash(cfg)
-    done_path = run.run_dir / "done.json"
-    if done_path.exists():
-        done = json.loads(done_path.read_text())
-        if done.get("config_hash") == digest and done.get("rc") == 0:
-            run.status, run.wall_s = "cached", done.get("wall_s", 0.0)
-            return run
-    if run.run_dir.exists():
-        shutil.rmtree(run.run_dir)
-    run.run_dir.mkdir(parents=True)
-    cfg_path = run.run_dir / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = run.run_dir / "stdout.log"
-    t0 = time.perf_counter()
-    rc, cpu_s = 0, None
-    if in_process:
-        from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
-        with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-            try:
-                R2VPOTrainer(config=R2VPOConfig.from_dict(cfg)).train()
-            except Exception as e:  # noqa: BLE001 - recorded, the study goes on
-                print(f"{type(e).__name__}: {e}")
-                rc = 1
-    else:
-        env = dict(os.environ, OMP_NUM_THREADS=str(cfg["num_threads"] or 1),
-                   MKL_NUM_THREADS=str(cfg["num_threads"] or 1), TOKENIZERS_PARALLELISM="false",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "r2vpo_ascend.cli", "train", "--no-plot",
-                                     "--config", str(cfg_path)], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            _, status, usage = os.wait4(proc.pid, 0)   # the CPU time too: wall time is noisy on a shared machine
-            rc = proc.returncode = os.waitstatus_to_exitcode(status)
-            cpu_s = usage.ru_utime + usage.ru_stime
-    run.wall_s = time.perf_counter() - t0
-    if rc == 0 and run.kind != "sft" and not keep_models:
-        for sub in ("final", "checkpoints"):
-            shutil.rmtree(run.run_dir / sub, ignore_errors=True)
-    done_path.write_text(json.dumps({"config_hash": digest, "rc": rc, "wall_s": run.wall_s, "cpu_s": cpu_s,
-                                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
-    run.status = "done" if rc == 0 else "failed"
-    if rc:
-        tail = log.read_text().strip().splitlines()[-3:]
-        run.message = " | ".join(tail)
+    """Run `run` with its resolved config (skipped when an identical finished run is on disk)."""
+    result = train_once(resolved_config(plan, run), run.run_dir, in_process=in_process,
+                        keep_models=keep_models or run.kind == "sft")
+    run.status, run.wall_s, run.message = result.status, result.wall_s, result.message
     return run
-
-
-def _progress(plan: Plan, t_start: float):
-    total = len(plan.all_runs())
-    count = [0]
-
-    def report(run: Run):
-        count[0] += 1
-        what = f"{run.kind} {run.task}" + (f" {run.arm}" if run.arm else "") + \
-            (f" cand{run.candidate}" if run.candidate is not None else "") + f" seed{run.seed}"
-        extra = f" ({run.message})" if run.message else ""
-        print(f"[{count[0]}/{total} {time.perf_counter() - t_start:6.0f}s] {run.status:7s} {what} "
-              f"{run.wall_s:.0f}s{extra}", flush=True)
-    return report
 
 
 def write_plan(plan: Plan) -> None:
@@ -426,7 +363,7 @@ def main(argv=None) -> int:
     from experiments import report
     if not args.report_only:
         t0 = time.perf_counter()
-        notify = _progress(plan, t0)
+        notify = progress_printer(plan, t0)
         schedule(runs, args.jobs, lambda r: execute_run(plan, r, in_process=args.jobs <= 0,
                                                         keep_models=args.keep_models), notify)
         plan.settings["wall_s"] = time.perf_counter() - t0
