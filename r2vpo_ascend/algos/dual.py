@@ -4,6 +4,17 @@
 - ``additive`` (default):  λ ← clip(λ + η_λ·(V̂ − δ), λ_min, λ_max)
 - ``multiplicative``:      λ ← clip(λ·exp(η_λ·(V̂ − δ)/δ), max(λ_min, 1e-8), λ_max)
 - ``none``:                λ fixed (ablation: a plain variance penalty)
+- ``normalized``:          λ ← clip(λ + η_λ·(V̂ − δ)/δ, λ_min, λ_max): the additive step on the
+  RELATIVE violation, so ``dual_lr`` means the same at any δ (experiments/paper_claims.py gets
+  that from outside by setting η_λ = 0.05/δ). Not in the spec: a remedy (issue 11).
+- ``pid``:                 the PID Lagrangian of Stooke, Achiam & Abbeel, "Responsive Safety in
+  Reinforcement Learning by PID Lagrangian Methods" (ICML 2020, arXiv 2007.03964), Algorithm 2,
+  on the relative violation e = (V̂ − δ)/δ: I ← max(0, I + e), λ = clip(K_P·e + K_I·I +
+  K_D·max(0, e − e_prev), λ_min, λ_max), with K_I = η_λ (``dual_lr``), K_P = ``kp``, K_D =
+  ``kd``. The proportional term reacts at once and lets λ fall back as soon as V̂ does, which
+  the pure integral (additive) update cannot: it damps the overshoot the paper measured in
+  constrained RL, the same "λ jumps, then stays" failure issue 11 describes. I starts at
+  init_lambda/K_I so that λ = init_lambda before the first step.
 
 ``max_step`` (optional, default off = the spec's update) bounds one update: the additive change
 η_λ·(V̂ − δ), or the multiplicative exponent η_λ·(V̂ − δ)/δ, is clipped to [−max_step, max_step].
@@ -25,7 +36,7 @@ import torch
 
 from .numerics import NonFiniteError
 
-DUAL_MODES = ("additive", "multiplicative", "none")
+DUAL_MODES = ("additive", "multiplicative", "none", "normalized", "pid")
 MULTIPLICATIVE_FLOOR = 1e-8
 # exp() argument cap: exp(700) ≈ 1e304 is still a float; anything above would hit λ_max anyway.
 _MAX_EXPONENT = 700.0
@@ -43,8 +54,14 @@ class DualController:
     """
 
     def __init__(self, init_lambda: float, target: float, lr: float, mode: str = "additive",
-                 lambda_max: float = 100.0, lambda_min: float = 0.0, max_step: float | None = None) -> None:
+                 lambda_max: float = 100.0, lambda_min: float = 0.0, max_step: float | None = None,
+                 kp: float = 0.0, kd: float = 0.0) -> None:
         init_lambda, target, lr = float(init_lambda), float(target), float(lr)
+        kp, kd = float(kp), float(kd)
+        if not (math.isfinite(kp) and kp >= 0 and math.isfinite(kd) and kd >= 0):
+            raise ValueError(f"kp and kd (PID gains) must be finite and >= 0, got {kp}, {kd}")
+        if mode == "pid" and not float(lr) > 0:
+            raise ValueError(f"lr (η_λ = K_I of the PID update) must be > 0 with mode 'pid', got {lr}")
         if max_step is not None:
             max_step = float(max_step)
             if not (math.isfinite(max_step) and max_step > 0):
@@ -70,7 +87,11 @@ class DualController:
         self.target, self.lr, self.mode = target, lr, mode
         self.lambda_min, self.lambda_max = lambda_min, lambda_max
         self.max_step = max_step
+        self.kp, self.kd = kp, kd
         self.lam = init_lambda
+        # PID state (mode "pid"): the integral of the relative violation and its last value.
+        self.integral = init_lambda / lr if mode == "pid" else 0.0
+        self.last_error = 0.0
         self.num_updates = 0
         self.last_ratio_var: float | None = None
 
@@ -87,6 +108,17 @@ class DualController:
             exponent = min(self._bounded(self.lr * violation / self.target), _MAX_EXPONENT)
             floor = max(self.lambda_min, MULTIPLICATIVE_FLOOR)
             self.lam = min(max(self.lam * math.exp(exponent), floor), self.lambda_max)
+        elif self.mode == "normalized":
+            new_lam = self.lam + self._bounded(self.lr * violation / self.target)
+            self.lam = min(max(new_lam, self.lambda_min), self.lambda_max)
+        elif self.mode == "pid":
+            error = violation / self.target
+            # Anti-windup: the integral stops growing once K_I·I alone exceeds λ_max.
+            self.integral = min(max(0.0, self.integral + error), self.lambda_max / self.lr)
+            derivative = max(0.0, error - self.last_error) if self.num_updates else 0.0
+            new_lam = self.kp * error + self.lr * self.integral + self.kd * derivative
+            self.lam = min(max(new_lam, self.lambda_min), self.lambda_max)
+            self.last_error = error
         self.num_updates += 1
         self.last_ratio_var = ratio_var
         return self.lam
@@ -99,7 +131,8 @@ class DualController:
         those of the constructor (the current config) apply."""
         return {"lam": self.lam, "num_updates": self.num_updates, "last_ratio_var": self.last_ratio_var,
                 "target": self.target, "lr": self.lr, "mode": self.mode, "max_step": self.max_step,
-                "lambda_min": self.lambda_min, "lambda_max": self.lambda_max}
+                "lambda_min": self.lambda_min, "lambda_max": self.lambda_max,
+                "integral": self.integral, "last_error": self.last_error, "kp": self.kp, "kd": self.kd}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore λ (clipped into the current [lambda_min, lambda_max]) and the step count."""
@@ -111,6 +144,8 @@ class DualController:
         self.lam = min(max(lam, self.lambda_min), self.lambda_max)
         self.num_updates = int(state.get("num_updates", 0))
         self.last_ratio_var = state.get("last_ratio_var")
+        if "integral" in state:  # checkpoints before the PID mode have no PID state
+            self.integral, self.last_error = float(state["integral"]), float(state["last_error"])
 
     def __repr__(self) -> str:
         return (f"DualController(lam={self.lam:.6g}, target={self.target}, lr={self.lr}, mode={self.mode!r}, "

@@ -24,6 +24,7 @@ import torch
 from .aggregation import LOSS_AGG_MODES, LossReduction, aggregate
 from .numerics import check_finite
 from .ratio import RATIO_LEVELS, RatioStats, diagnostic_sums, max_ratio, moment_sums, policy_ratio
+from .robust import PENALTIES, penalty, penalty_slope, truncated_ratio
 
 CENTERS = ("mean", "one")
 
@@ -45,6 +46,8 @@ class PolicyLossConfig:
             3e-4/4e-4 (GSPO paper). Ignored by ``r2vpo``.
         max_response_length: L of ``seq-mean-token-sum-norm`` (default: the padded width T).
         dual_clip: optional dual-clip bound c > 1 for A < 0 tokens (clipping baselines).
+        variance_penalty / penalty_huber_kappa / ratio_grad_cap: R²VPO remedies (see
+            :mod:`~r2vpo_ascend.algos.robust`); the defaults are the spec's loss.
     """
 
     ratio_level: str = "token"
@@ -54,9 +57,13 @@ class PolicyLossConfig:
     clip_eps_high: float | None = None
     max_response_length: int | None = None
     dual_clip: float | None = None
+    variance_penalty: str = "quadratic"
+    penalty_huber_kappa: float = 0.5
+    ratio_grad_cap: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("ratio_level", self.ratio_level, RATIO_LEVELS)
+        _check_choice("variance_penalty", self.variance_penalty, PENALTIES)
         _check_choice("center", self.center, CENTERS)
         _check_choice("loss_agg", self.loss_agg, LOSS_AGG_MODES)
         for name in ("clip_eps_low", "clip_eps_high"):
@@ -206,8 +213,14 @@ def policy_metrics(loss_terms: dict[str, torch.Tensor], scope: RatioScope, batch
 def r2vpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                response_mask: torch.Tensor, lam: float, *, ratio_level: str = "token", center: str = "mean",
                loss_agg: str = "token-mean", max_response_length: int | None = None,
-               reduction: LossReduction | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+               reduction: LossReduction | None = None, variance_penalty: str = "quadratic",
+               penalty_huber_kappa: float = 0.5,
+               ratio_grad_cap: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """R²VPO primal loss  −agg(ρ·A) + λ·V̂  (R2VPO_SPEC.md "Objective").
+
+    With the remedies (:mod:`~r2vpo_ascend.algos.robust`) the penalty is λ·Σm·φ(ρ − c)/n
+    (``variance_penalty: huber``) and ρ's gradient weight min(ρ, C) (``ratio_grad_cap``); the
+    defaults are the spec's loss exactly.
 
     Args:
         log_probs: ``[B, T]`` log π_θ of the response tokens (requires grad).
@@ -229,18 +242,20 @@ def r2vpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages:
     lam = _check_lambda(lam)
     batch = prepare_policy_inputs(log_probs, old_log_probs, advantages, response_mask)
     scope = ratio_scope(batch, ratio_level, center, reduction)
-    rho, c, adv, mask = scope.ratio, scope.center, batch.advantages, batch.mask
+    c, adv, mask = scope.center, batch.advantages, batch.mask
+    rho = truncated_ratio(scope.ratio, ratio_grad_cap)  # = scope.ratio without a cap
 
     pg_loss = -aggregate(rho * adv, mask, loss_agg, scope.reduction, max_response_length=max_response_length)
     # V̂ = Σ m·(ρ − c)² / n over the global batch. c is detached: its gradient contribution,
     # −(2/n)·Σ_k m_k(ρ_k − c)·∂c/∂logp_j, is zero because Σ_k m_k(ρ_k − c) = 0 when c is the
     # mean of the same ρ, so the closed form (ρ_j/n)(A_j − 2λ(ρ_j − c)) holds either way.
-    ratio_var = aggregate((rho - c) ** 2, mask, "token-mean", scope.reduction)
+    ratio_var = aggregate(penalty(rho - c, variance_penalty, penalty_huber_kappa), mask, "token-mean",
+                          scope.reduction)
     var_penalty = lam * ratio_var
     loss = pg_loss + var_penalty
 
-    # Effective advantage A − 2λ(ρ − c): what each token's gradient is proportional to.
-    effective_advantage = adv - 2.0 * lam * (rho.detach() - c)
+    # Effective advantage A − λφ'(ρ − c) (spec: A − 2λ(ρ − c)): each token's gradient ∝ it.
+    effective_advantage = adv - lam * penalty_slope(rho.detach() - c, variance_penalty, penalty_huber_kappa)
     metrics = policy_metrics({"loss/policy": loss, "r2vpo/pg_loss": pg_loss, "r2vpo/var_penalty": var_penalty},
                              scope, batch, effective_advantage, None, lam)
     return loss, metrics
@@ -253,7 +268,10 @@ def _r2vpo_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, adv
     return r2vpo_loss(log_probs, old_log_probs, advantages, response_mask, lam,
                       ratio_level=config_value(config, "ratio_level"), center=config_value(config, "center"),
                       loss_agg=config_value(config, "loss_agg"),
-                      max_response_length=config_value(config, "max_response_length"), reduction=reduction)
+                      max_response_length=config_value(config, "max_response_length"), reduction=reduction,
+                      variance_penalty=config_value(config, "variance_penalty"),
+                      penalty_huber_kappa=config_value(config, "penalty_huber_kappa"),
+                      ratio_grad_cap=config_value(config, "ratio_grad_cap"))
 
 
 def _check_choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None:

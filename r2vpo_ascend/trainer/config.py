@@ -116,8 +116,26 @@ class R2VPOConfig:
     init_lambda: float = _f(1.0, "Initial Lagrange multiplier λ of the ratio-variance constraint.")
     ratio_var_target: float = _f(0.05, "δ: the bound on the ratio variance V̂ (a default, tune per task).")
     dual_lr: float = _f(0.5, "η_λ: step size of the dual update of λ.")
-    dual_update: str = _f("additive", "λ update: `additive`, `multiplicative`, or `none` (fixed λ ablation).",
-                          ("additive", "multiplicative", "none"))
+    dual_update: str = _f("additive", "λ update: `additive` (the spec), `multiplicative`, `none` (fixed λ ablation), "
+                          "`normalized` (additive on (V̂ − δ)/δ, so dual_lr means the same at any δ) or `pid` (PID "
+                          "Lagrangian, Stooke et al. 2020, on (V̂ − δ)/δ; K_I = dual_lr, K_P = dual_kp, K_D = dual_kd). "
+                          "See docs/algorithms.md.", ("additive", "multiplicative", "none", "normalized", "pid"))
+    dual_kp: float = _f(1.0, "K_P of `dual_update: pid` (λ per unit of relative violation (V̂ − δ)/δ).")
+    dual_kd: float = _f(0.0, "K_D of `dual_update: pid` (on the rise of the relative violation).")
+    dual_variance: str = _f("spec", "V̂ the dual step reads: `spec` (the loss's Σm(ρ − c)²/n), `winsorized` (each "
+                            "(ρ − c) clipped to ±dual_variance_clip first, so a few outlier tokens cannot make one "
+                            "step's V̂ 10⁴× its usual value), or `log_ratio` (M2PO's second moment Σm(log ρ)²/n, "
+                            "Zheng et al. 2025). The loss's penalty is unchanged.", ("spec", "winsorized", "log_ratio"))
+    dual_variance_clip: float = _f(1.0, "κ of `dual_variance: winsorized`: the largest |ρ − c| one token counts with.")
+    variance_penalty: str = _f("quadratic", "Penalty of the primal loss on each (ρ − c): `quadratic` (the spec, "
+                               "λ·(ρ − c)², gradient grows with the deviation) or `huber` (quadratic for |ρ − c| ≤ "
+                               "penalty_huber_kappa, linear beyond, so one outlier's pull is bounded by 2λκ·ρ).",
+                               ("quadratic", "huber"))
+    penalty_huber_kappa: float = _f(0.5, "κ of `variance_penalty: huber`.")
+    ratio_grad_cap: float | None = _f(None, "Truncated importance weight C (TIS, Yao et al. 2025; V-trace's ρ̄, "
+                                      "Espeholt et al. 2018): a token's gradient weight is min(ρ, C) instead of ρ "
+                                      "(values unchanged), which bounds what stale tokens with ρ ≫ 1 contribute. None: "
+                                      "off (the spec).")
     lambda_max: float = _f(100.0, "Upper bound on λ.")
     lambda_min: float = _f(0.0, "Lower bound on λ.")
     dual_step_max: float | None = _f(None, "Bound on one dual update (additive: |Δλ|; multiplicative: |log-step|), "
@@ -134,8 +152,13 @@ class R2VPOConfig:
     # ---- optimisation -------------------------------------------------------------------
     steps: int = _f(100, "Number of RL steps (one rollout batch each); 0 runs only the SFT warm start and the "
                     "step-0 evaluation, then saves the model to `<output_dir>/final` (a warm start to share).")
-    updates_per_step: int = _f(1, "Optimiser steps per RL step: the update batch is split into this many "
-                               "mini-batches (>1 makes later mini-batches off-policy, as in PPO epochs).")
+    updates_per_step: int = _f(1, "Mini-batches per pass over the update batch: the batch is split into this many "
+                               "mini-batches, one optimiser step each (>1 makes later mini-batches off-policy; verl's "
+                               "`ppo_mini_batch_size` = batch / updates_per_step).")
+    ppo_epochs: int = _f(1, "Passes over each update batch (verl's `ppo_epochs`, TRL's `num_iterations`): every pass "
+                         "reshuffles the batch and takes `updates_per_step` optimiser steps, so one RL step takes "
+                         "ppo_epochs × updates_per_step optimiser steps on the same samples (behaviour log-probs fixed "
+                         "at sampling time).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).")
     gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward instead of "
                                       "keeping them (about 1/3 more compute, activation memory ~1 layer's worth): for "
@@ -191,7 +214,7 @@ class R2VPOConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
-        positive = ("prompts_per_step", "num_generations", "max_new_tokens", "updates_per_step",
+        positive = ("prompts_per_step", "num_generations", "max_new_tokens", "updates_per_step", "ppo_epochs",
                     "micro_batch_size", "replay_capacity", "max_prompt_length")
         for name in positive:
             if getattr(self, name) < 1:
@@ -211,6 +234,15 @@ class R2VPOConfig:
             raise ConfigError(f"config field `ratio_var_target` (δ) must be > 0, got {self.ratio_var_target}")
         if self.dual_step_max is not None and not (math.isfinite(self.dual_step_max) and self.dual_step_max > 0):
             raise ConfigError(f"config field `dual_step_max` must be > 0 (or null), got {self.dual_step_max}")
+        for name in ("dual_variance_clip", "penalty_huber_kappa"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"config field `{name}` must be > 0, got {getattr(self, name)}")
+        if self.ratio_grad_cap is not None and not (math.isfinite(self.ratio_grad_cap) and self.ratio_grad_cap >= 1):
+            raise ConfigError(f"config field `ratio_grad_cap` must be >= 1 (or null), got {self.ratio_grad_cap}")
+        if self.dual_kp < 0 or self.dual_kd < 0:
+            raise ConfigError(f"config fields `dual_kp`/`dual_kd` must be >= 0, got {self.dual_kp}/{self.dual_kd}")
+        if self.dual_update == "pid" and self.dual_lr <= 0:
+            raise ConfigError("config field `dual_lr` (K_I of `dual_update: pid`) must be > 0")
         if self.lambda_min < 0 or self.lambda_max < self.lambda_min:
             raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
                               f"got {self.lambda_min}/{self.lambda_max}")

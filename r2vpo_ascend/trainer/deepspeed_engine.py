@@ -170,7 +170,7 @@ class DeepSpeedEngine:
         optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
                                       weight_decay=config.weight_decay)
         scheduler = make_lr_schedule(optimizer, config.lr_scheduler, config.warmup_steps,
-                                     config.steps * config.updates_per_step)
+                                     config.steps * config.updates_per_step * getattr(config, "ppo_epochs", 1))
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self._wrapper, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         if self.zero_stage == 3:

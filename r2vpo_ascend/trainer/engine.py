@@ -84,7 +84,7 @@ class NativeEngine:
         self._adamw_impl = _adamw_impl(self.model)
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
                                            weight_decay=config.weight_decay, **self._adamw_impl)
-        total = config.steps * config.updates_per_step
+        total = config.steps * config.updates_per_step * getattr(config, "ppo_epochs", 1)
         self.scheduler = make_lr_schedule(self.optimizer, config.lr_scheduler, config.warmup_steps, total)
 
     def log_probs(self, batch: TokenBatch, *, temperature: float, with_entropy: bool = False):

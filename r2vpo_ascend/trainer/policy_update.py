@@ -1,7 +1,8 @@
 """The update phase of one RL step.
 
-The update batch is split into `updates_per_step` mini-batches (one optimiser step each) and
-each mini-batch into micro-batches (gradient accumulation). Loss normalisation uses the
+The update batch is passed over `ppo_epochs` times; each pass reshuffles it and splits it into
+`updates_per_step` mini-batches (one optimiser step each), and each mini-batch into micro-batches
+(gradient accumulation). Behaviour log-probs stay those of sampling time across passes. Loss normalisation uses the
 mini-batch's GLOBAL token and sequence counts (summed over ranks), so the accumulated
 gradient is that of the loss on the whole mini-batch, whatever the micro-batch split or the
 number of ranks. The variance centre c is the global mean ratio: computed inside the loss
@@ -24,7 +25,9 @@ import random
 import torch
 
 from r2vpo_ascend.algos import DualController, LossReduction, compute_policy_loss, kl_penalty, policy_ratio
+from r2vpo_ascend.algos.robust import dual_variance_sums, gradient_split
 from r2vpo_ascend.replay import Rollout, replay_metrics
+from r2vpo_ascend.replay.reweighter import STALENESS_TAIL, staleness_bucket_name
 from r2vpo_ascend.trainer.batch import collate, pad_right
 from r2vpo_ascend.trainer.config import R2VPOConfig
 
@@ -35,7 +38,7 @@ class PolicyUpdater:
         # With one optimiser step per RL step, the first forward of the update runs at the very
         # weights that sampled the fresh responses: its detached log-probs ARE the behaviour
         # log-probs, so the separate no-grad pass is skipped (same numbers, a third less compute).
-        self.fills_behaviour_log_probs = config.updates_per_step == 1
+        self.fills_behaviour_log_probs = config.updates_per_step == 1 and getattr(config, "ppo_epochs", 1) == 1
         self.ref_model = None
         if config.kl_coef > 0:  # an engine that partitions its weights (ZeRO-3) keeps a full copy for this
             self.ref_model = engine.frozen_copy()
@@ -52,7 +55,7 @@ class PolicyUpdater:
 
     # ---- update -------------------------------------------------------------------------
     def update(self, batch: list[Rollout], *, current_version: int, positions: list[int] | None = None) -> dict:
-        """`updates_per_step` optimiser steps (each followed by a dual step) on `batch`.
+        """`ppo_epochs` × `updates_per_step` optimiser steps (each followed by a dual step) on `batch`.
 
         `positions[i]`: index of `batch[i]` in the global batch (all ranks' samples in the order
         one process would hold them); required with several processes. Default in one process:
@@ -70,19 +73,28 @@ class PolicyUpdater:
             raise ValueError(f"update: {len(positions)} positions for {len(batch)} samples")
         num_global = len(batch) if world == 1 else \
             int(engine.all_reduce_sum(torch.tensor([float(len(batch))], dtype=torch.float64)).item())
-        # One shuffle of the GLOBAL batch (mixes fresh and replayed), cut into mini-batches.
-        order = list(range(num_global))
-        random.Random(cfg.seed * 1_000_003 + current_version).shuffle(order)
         local = dict(zip(positions, batch))
         if len(local) != len(batch) or not all(0 <= p < num_global for p in local):
             raise ValueError(f"update: positions must be distinct indices below the global batch size {num_global}")
-        minis = [[local[p] for p in order[i::cfg.updates_per_step] if p in local]
-                 for i in range(cfg.updates_per_step)]
-        num_micro = self._micro_batch_counts(minis)  # per mini-batch, the same on every rank
-        per_step = [self._optimizer_step(mini, current_version, n) for mini, n in zip(minis, num_micro) if n]
+        per_step, lam_before = [], self.dual.lam
+        largest_change = 0.0
+        for epoch in range(getattr(cfg, "ppo_epochs", 1)):
+            # One shuffle of the GLOBAL batch per pass (mixes fresh and replayed), cut into
+            # mini-batches; epoch 0 draws exactly the single-pass order of earlier versions.
+            order = list(range(num_global))
+            random.Random(cfg.seed * 1_000_003 + current_version + epoch * 7_919).shuffle(order)
+            minis = [[local[p] for p in order[i::cfg.updates_per_step] if p in local]
+                     for i in range(cfg.updates_per_step)]
+            num_micro = self._micro_batch_counts(minis)  # per mini-batch, the same on every rank
+            for mini, n in zip(minis, num_micro):
+                if n:
+                    per_step.append(self._optimizer_step(mini, current_version, n))
+                    largest_change = max(largest_change, abs(self.dual.lam - lam_before))
+                    lam_before = self.dual.lam
         keys = dict.fromkeys(k for m in per_step for k in m)  # buckets may differ between mini-batches
         metrics = {k: sum(m[k] for m in per_step if k in m) / sum(k in m for m in per_step) for k in keys}
         metrics["r2vpo/lambda"] = self.dual.lam  # after the last dual step
+        metrics["r2vpo/lambda_max_change"] = largest_change  # the largest |Δλ| of one dual step in this RL step
         return metrics
 
     def _micro_batch_counts(self, minis: list[list[Rollout]]) -> list[int]:
@@ -139,8 +151,8 @@ class PolicyUpdater:
                 ratio = policy_ratio(log_probs.detach(), old, mask.bool(), cfg.ratio_level)
                 kept.append((ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
         grad_norm = engine.step()
-        ratio_var = stats.variance()           # global V̂ over the whole mini-batch
-        self.dual.update(ratio_var)            # the dual step: identical λ on every rank
+        dual_var = self._dual_variance(stats, kept)  # global V̂ (or its robust variant) over the mini-batch
+        self.dual.update(dual_var)                    # the dual step: identical λ on every rank
 
         if engine.world_size > 1:  # one collective: the partial sums, and each rank's max ρ in its own slot
             slots = torch.zeros(engine.world_size, dtype=torch.float64)
@@ -149,12 +161,46 @@ class PolicyUpdater:
                                                       slots]))
             local = dict(zip(local, summed[:len(local)].tolist()))
             stats = dataclasses.replace(stats, ratio_max=float(summed[len(local):].max()))
-        metrics = {**sums, **local, **stats.to_metrics(), "grad_norm": grad_norm}
-        if kept:  # replay diagnostics are over this rank's share (reweighter.py)
+        metrics = {**sums, **local, **stats.to_metrics(), "grad_norm": grad_norm, "r2vpo/dual_ratio_var": dual_var}
+        if kept:  # replay and gradient diagnostics are over this rank's share (reweighter.py)
             ratio, advantages, mask, staleness = _concat(kept)
             metrics.update(replay_metrics(ratio, advantages, mask, staleness, lam=lam,
                                           center_value=stats.center_value()))
+            if cfg.loss == "r2vpo":
+                metrics.update(self._gradient_split(ratio, advantages, mask, staleness, lam, stats.center_value()))
         return metrics
+
+    def _dual_variance(self, stats, kept: list) -> float:
+        """The V̂ the dual step reads: the loss's (``dual_variance: spec``) or a robust variant,
+        summed over this rank's tokens and all-reduced (algos/robust.py)."""
+        cfg = self.config
+        if cfg.dual_variance == "spec":
+            return stats.variance()
+        sums = torch.zeros(2, dtype=torch.float64)
+        for ratio, _, mask, _ in kept:
+            sums += dual_variance_sums(ratio, mask, stats.center_value(), cfg.dual_variance, cfg.dual_variance_clip)
+        if self.engine.world_size > 1:
+            sums = self.engine.all_reduce_sum(sums)
+        return float(sums[0] / sums[1].clamp(min=1.0))
+
+    def _gradient_split(self, ratio, advantages, mask, staleness, lam: float, center: float) -> dict:
+        """``grad/*``: the per-token split of ∂loss/∂logπ (algos/robust.py gradient_split), overall
+        and per staleness bucket (buckets as replay/staleness_*)."""
+        cfg = self.config
+        options = dict(lam=lam, center=center, penalty_kind=cfg.variance_penalty, kappa=cfg.penalty_huber_kappa,
+                       cap=cfg.ratio_grad_cap)
+        split = gradient_split(ratio, advantages, mask.bool(), **options)
+        out = {"grad/adv_part": split["adv_abs"], "grad/var_part": split["var_abs"],
+               "grad/var_share": split["var_share"], "grad/top1pct_share": split["top_share"],
+               "grad/top1pct_var_share": split["top_var_share"]}
+        buckets = staleness.clamp(max=STALENESS_TAIL)
+        for bucket in sorted(set(buckets.tolist())):
+            bucket_mask = mask.bool() & (buckets == bucket).unsqueeze(-1)
+            part = gradient_split(ratio, advantages, bucket_mask, **options)
+            if part["tokens"]:
+                prefix = f"grad/staleness_{staleness_bucket_name(int(bucket))}"
+                out.update({f"{prefix}/var_share": part["var_share"], f"{prefix}/top1pct_share": part["top_share"]})
+        return out
 
     # ---- helpers -------------------------------------------------------------------------
     def _padding_row(self) -> Rollout:

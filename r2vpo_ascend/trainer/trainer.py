@@ -107,7 +107,8 @@ class R2VPOTrainer:
         self.buffer = ReplayBuffer(config.replay_capacity, config.max_staleness, seed=config.seed)
         self.dual = DualController(config.init_lambda, config.ratio_var_target, config.dual_lr,
                                    mode=config.dual_update, lambda_max=config.lambda_max,
-                                   lambda_min=config.lambda_min, max_step=config.dual_step_max)
+                                   lambda_min=config.lambda_min, max_step=config.dual_step_max,
+                                   kp=config.dual_kp, kd=config.dual_kd)
         self.updater = PolicyUpdater(self.engine, config, self.dual, pad_id=tokenizer.pad_token_id)
         self.sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
         self.output_dir = Path(config.output_dir)
