@@ -47,3 +47,17 @@ def test_one_pass_with_one_update_keeps_the_fused_behaviour_pass(tmp_path):
     rows = _rows(tmp_path / "b")
     assert all(r["r2vpo/ratio_var"] > 0 for r in rows)
     assert torch.isfinite(torch.tensor([r["loss/policy"] for r in rows])).all()
+
+
+def test_parameter_space_split_every_n_steps(tmp_path):
+    """grad_split_every=2: grad_param/* at steps 2 and 4 only; the two parts add up to the loss's
+    gradient, so their norms bound its norm (triangle inequality) and shares are in [0, 1]."""
+    R2VPOTrainer(config=_config(tmp_path, steps=4, ppo_epochs=2, replay_ratio=0.5, grad_split_every=2,
+                                init_lambda=2.0)).train()
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if "grad_param/adv_norm" in r] == [2, 4]
+    for r in rows:
+        if "grad_param/adv_norm" in r:
+            assert r["grad_param/var_norm"] > 0 and r["grad_param/adv_norm"] >= 0
+            assert 0 <= r["grad_param/var_share"] <= 1 and 0 < r["grad_param/top1pct_share"] <= 1
+            assert -1 <= r["grad_param/cos"] <= 1

@@ -10,11 +10,13 @@ from typing import Any, Callable
 from r2vpo_ascend.rewards.arithmetic import ArithmeticReward
 from r2vpo_ascend.rewards.format import FormatReward
 from r2vpo_ascend.rewards.math_reward import MathVerifyReward
+from r2vpo_ascend.rewards.sequence import SequenceReward
 
 REWARD_FNS: dict[str, Callable[..., Any]] = {
     "math_verify": MathVerifyReward,
     "arithmetic": ArithmeticReward,
     "format": FormatReward,
+    "sequence": SequenceReward,
 }
 
 

@@ -60,7 +60,9 @@ class R2VPOConfig:
     trust_remote_code: bool = _f(False, "Run a checkpoint's own modeling/tokenizer code. Off unless you turn it on.")
     dtype: str = _f("auto", "Training dtype: `auto` (the backend's default: bf16 on accelerators, fp32 on CPU), "
                     "`float32`, `bfloat16`, `float16`.", ("auto", "float32", "bfloat16", "float16"))
-    dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), a built-in benchmark name, a "
+    dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), `sequence` (built-in task with "
+                      "responses of ≥ 16 tokens: each of `sequence_length` digits plus one, see docs/data.md), a "
+                      "built-in benchmark name, a "
                       ".jsonl/.json/.parquet file or directory, or a Hugging Face dataset name.")
     dataset_split: str = _f("train", "Split of `dataset` to train on (built-in benchmarks ship only `test`, and "
                             "gsm8k also `train_sample`; training on a test split must be asked for by name).")
@@ -68,6 +70,7 @@ class R2VPOConfig:
     arithmetic_ops: list = _f(["+", "-"], "Operators of the built-in `arithmetic` task (subset of + - *).")
     arithmetic_terms: int = _f(2, "Operands per problem of the built-in `arithmetic` task.")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
+    sequence_length: int = _f(8, "Digits per problem of the built-in `sequence` task (8: answers of 15 characters + EOS = 16 tokens).")
     data_seed: int | None = _f(None, "Seed of the built-in `arithmetic` task's problem pool and of its train / test / "
                                "validation split; default: `seed`. Fix it to compare seeds on the same split.")
     problem_key: str = _f("problem", "Dataset column holding the problem text.")
@@ -145,6 +148,10 @@ class R2VPOConfig:
                                     "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
     clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
                                      "`clip_higher` (DAPO), 4e-4 for `gspo`.")
+    grad_split_every: int = _f(0, "Every N RL steps, log the split of the R²VPO gradient in parameter space "
+                               "(grad_param/*: advantage vs variance term, their cosine, the top-1% tokens' share; "
+                               "one more forward and three backwards of a mini-batch). 0: off. The per-token split "
+                               "(grad/*) is logged every step.")
     kl_coef: float = _f(0.0, "β of the KL(π_θ‖π_ref) penalty (0 disables the reference model).")
     kl_estimator: str = _f("k3", "KL estimator: `k1`, `k2` or `k3`.", ("k1", "k2", "k3"))
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (subtracted from the loss).")
@@ -215,14 +222,18 @@ class R2VPOConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
         positive = ("prompts_per_step", "num_generations", "max_new_tokens", "updates_per_step", "ppo_epochs",
+                "sequence_length",
                     "micro_batch_size", "replay_capacity", "max_prompt_length")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field `{name}` must be >= 1, got {getattr(self, name)}")
+        if self.grad_split_every < 0:
+            raise ConfigError(f"config field `grad_split_every` must be >= 0, got {self.grad_split_every}")
         if self.steps < 0:
             raise ConfigError(f"config field `steps` must be >= 0, got {self.steps}")
-        if self.eval_split == "validation" and (self.eval_dataset or self.dataset) != "arithmetic":
-            raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` task; "
+        if self.eval_split == "validation" and (self.eval_dataset or self.dataset) not in ("arithmetic", "sequence"):
+            raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` and "
+                              "`sequence` tasks; "
                               "for other datasets set `eval_dataset` to a validation set")
         if not 0.0 <= self.replay_ratio < 1.0:
             raise ConfigError(f"config field `replay_ratio` must be in [0, 1), got {self.replay_ratio}")

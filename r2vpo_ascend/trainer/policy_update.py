@@ -30,6 +30,7 @@ from r2vpo_ascend.replay import Rollout, replay_metrics
 from r2vpo_ascend.replay.reweighter import STALENESS_TAIL, staleness_bucket_name
 from r2vpo_ascend.trainer.batch import collate, pad_right
 from r2vpo_ascend.trainer.config import R2VPOConfig
+from r2vpo_ascend.trainer.param_split import param_space_split
 
 
 class PolicyUpdater:
@@ -76,6 +77,10 @@ class PolicyUpdater:
         local = dict(zip(positions, batch))
         if len(local) != len(batch) or not all(0 <= p < num_global for p in local):
             raise ValueError(f"update: positions must be distinct indices below the global batch size {num_global}")
+        every = cfg.grad_split_every
+        # parameter-space split (param_split.py): first optimiser step of RL steps N, 2N, ... (step = version + 1)
+        self._param_split_due = bool(every) and cfg.loss == "r2vpo" and (current_version + 1) % every == 0 and \
+            getattr(engine, "zero_stage", 0) != 3
         per_step, lam_before = [], self.dual.lam
         largest_change = 0.0
         for epoch in range(getattr(cfg, "ppo_epochs", 1)):
@@ -150,6 +155,12 @@ class PolicyUpdater:
             if not chunk[0].extras.get("padding"):
                 ratio = policy_ratio(log_probs.detach(), old, mask.bool(), cfg.ratio_level)
                 kept.append((ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
+        param_split = {}
+        if self._param_split_due:  # at the weights of this step's gradient (autograd.grad leaves .grad alone)
+            self._param_split_due = False
+            chunks = [(t["batch"], t["mask"], pad_right([r.old_log_probs for r in c], t["T"]), t["advantages"])
+                      for c in micro for t in [self._tensors(c)]]
+            param_split = param_space_split(engine, cfg, chunks, lam=lam, reduction=reduction)
         grad_norm = engine.step()
         dual_var = self._dual_variance(stats, kept)  # global V̂ (or its robust variant) over the mini-batch
         self.dual.update(dual_var)                    # the dual step: identical λ on every rank
@@ -161,7 +172,8 @@ class PolicyUpdater:
                                                       slots]))
             local = dict(zip(local, summed[:len(local)].tolist()))
             stats = dataclasses.replace(stats, ratio_max=float(summed[len(local):].max()))
-        metrics = {**sums, **local, **stats.to_metrics(), "grad_norm": grad_norm, "r2vpo/dual_ratio_var": dual_var}
+        metrics = {**sums, **local, **stats.to_metrics(), **param_split, "grad_norm": grad_norm,
+                   "r2vpo/dual_ratio_var": dual_var}
         if kept:  # replay and gradient diagnostics are over this rank's share (reweighter.py)
             ratio, advantages, mask, staleness = _concat(kept)
             metrics.update(replay_metrics(ratio, advantages, mask, staleness, lam=lam,

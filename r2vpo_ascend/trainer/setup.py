@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from r2vpo_ascend.data import build_prompt, load_problems, make_arithmetic_dataset
+from r2vpo_ascend.data.sequence_task import SEQUENCE_DATASET, make_successor_dataset
 from r2vpo_ascend.rewards import get_reward_fn
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
 
@@ -23,7 +24,7 @@ def resolve_dtype(config: R2VPOConfig, backend) -> torch.dtype:
 def prompt_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:
     """Records with a `prompt` string plus every dataset column (`answer`, ...), for `split`."""
     source = config.dataset if split == "train" else (config.eval_dataset or config.dataset)
-    if source == "arithmetic":
+    if source in ("arithmetic", SEQUENCE_DATASET):  # built-in generated tasks
         records = arithmetic_split(config, split)
         template = config.prompt_template or ARITHMETIC_TEMPLATE
     else:
@@ -54,8 +55,11 @@ def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
     the split depend on `data_seed` (default `seed`) only."""
     wanted = config.dataset_size + config.eval_size
     seed = config.seed if config.data_seed is None else config.data_seed
-    pool = make_arithmetic_dataset(4 * wanted, seed=seed, max_digits=config.arithmetic_max_digits,
-                                   ops=config.arithmetic_ops, num_terms=config.arithmetic_terms)
+    if (config.dataset if split == "train" else (config.eval_dataset or config.dataset)) == SEQUENCE_DATASET:
+        pool = make_successor_dataset(4 * wanted, seed=seed, length=config.sequence_length)
+    else:
+        pool = make_arithmetic_dataset(4 * wanted, seed=seed, max_digits=config.arithmetic_max_digits,
+                                       ops=config.arithmetic_ops, num_terms=config.arithmetic_terms)
     distinct = list({r["problem"]: r for r in pool}.values())
     random.Random(seed).shuffle(distinct)
     validation = split != "train" and config.eval_split == "validation"
@@ -79,7 +83,7 @@ def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
 def resolve_reward_fn(config: R2VPOConfig) -> Callable[..., list[float]]:
     name = config.reward
     if name == "auto":
-        name = "arithmetic" if config.dataset == "arithmetic" else "math_verify"
+        name = {"arithmetic": "arithmetic", SEQUENCE_DATASET: "sequence"}.get(config.dataset, "math_verify")
     if name == "math_verify":
         return get_reward_fn(name, timeout_s=config.verify_timeout_s, format_weight=config.format_reward_weight)
     return get_reward_fn(name)
