@@ -183,10 +183,13 @@ def write_plan(out: Path, stage: str, runs: list[SERun], command: str) -> None:
         if (r.run_dir / "done.json").exists() and row["status"] == "pending":
             row["status"] = "done" if json.loads((r.run_dir / "done.json").read_text()).get("rc") == 0 else "failed"
         rows.append(row)
+    # runs of the stage planned by an earlier command (other --tasks/--seeds) stay listed
+    listed = {row["run_dir"] for row in rows}
+    rows += [row for rel, row in done.items() if rel not in listed]
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"stage": stage, "command": command, "runs": rows,
-                                "arms": {a: ARMS[a][0] for a in {r.arm.split('/')[0] for r in runs if r.arm}},
-                                "tasks": {t: SE_TASKS[t].title for t in {r.task for r in runs}},
+                                "arms": {a: ARMS[a][0] for a in {row["arm"].split("/")[0] for row in rows if row["arm"]}},
+                                "tasks": {t: SE_TASKS[t].title for t in {row["task"] for row in rows}},
                                 "setting": {"base": SE_BASE, "reuse_A": REUSE_A, "r2vpo": R2VPO_BASE}},
                                indent=1, default=str))
 

@@ -86,6 +86,10 @@ def test_report_from_finished_runs_lists_missing_ones_and_runs_are_cached(tmp_pa
     summary = build_report(tmp_path, tmp_path / "report.md")
     cell = summary["A"]["tasks"]["easy"]
     assert cell["spec"]["collapsed"] == 1 and cell["ppo_clip"]["missing"] == [0]
+    # a later command planning another task keeps the earlier rows
+    se.write_plan(tmp_path, "A", se.build_plan("A", ["sequence"], ["spec"], 1, 10, tmp_path), "cmd2")
+    rows = json.loads((tmp_path / "plan_A.json").read_text())["runs"]
+    assert {r["task"] for r in rows} == {"easy", "sequence"}
     text = (tmp_path / "report.md").read_text()
     assert "`ppo_clip` seeds [0]" in text and "| `spec`" in text
     # a finished run with the same config is skipped by execute_run (the paper-claims cache)
