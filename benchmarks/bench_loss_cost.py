@@ -60,7 +60,7 @@ class _Inputs:
         out = []
         fwd = time_call(lambda: out.append(compute_policy_loss(name, log_probs, self.old_log_probs, self.advantages,
                                                                 self.mask, config, lam=1.0, reduction=self.reduction)))
-        bwd = time_call(lambda: out[0][0].backward())
+        bwd = time_call(lambda: out[0].loss.backward())
         return fwd[0], bwd[0], fwd[1], bwd[1]
 
 

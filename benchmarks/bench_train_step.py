@@ -152,8 +152,8 @@ def main(argv=None) -> dict:
         logp, _ = engine.log_probs(batch, temperature=1.0)
         if old_log_probs is None:
             old_log_probs = (logp.detach() + 0.05 * torch.randn_like(logp)).float()
-        loss, _ = compute_policy_loss("r2vpo", logp, old_log_probs, advantages, batch.response_mask,
-                                      lam=1.0, reduction=reduction)
+        loss = compute_policy_loss("r2vpo", logp, old_log_probs, advantages, batch.response_mask,
+                                  lam=1.0, reduction=reduction).loss
         engine.backward(loss)
         engine.step()
 

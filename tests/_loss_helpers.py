@@ -19,3 +19,8 @@ def make_batch(batch=5, seq=7, seed=0, spread=0.3, adv_per_token=False):
 def grad_of(loss, leaf):
     (grad,) = torch.autograd.grad(loss, leaf)
     return grad
+
+
+def split(out):
+    """``(loss, metrics)`` of a PolicyLossOutput, for tests that look at both."""
+    return out.loss, out.metrics()

@@ -22,7 +22,7 @@ def test_flop_formula_matches_torch_flop_counter():
     batch = TokenBatch(ids, torch.ones_like(ids), torch.arange(P + T).expand(B, -1), ids[:, P:], torch.ones(B, T), P)
     with FlopCounterMode(display=False) as counter:
         logp, _ = response_log_probs(model, batch)
-        loss, _ = compute_policy_loss("r2vpo", logp, logp.detach() + 0.1, torch.randn(B), batch.response_mask, lam=1.0)
+        loss = compute_policy_loss("r2vpo", logp, logp.detach() + 0.1, torch.randn(B), batch.response_mask, lam=1.0).loss
         loss.backward()
     layer_params = sum(p.numel() for p in model.model.layers.parameters())
     f = bench.count_flops(ARCH, layer_params, B, P, T)

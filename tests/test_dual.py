@@ -14,7 +14,6 @@ def test_additive_raises_when_violated_and_lowers_with_slack():
     assert dual.update(0.3) == pytest.approx(1.0 + 2.0 * 0.2)
     assert dual.update(0.05) == pytest.approx(1.4 - 2.0 * 0.05)
     assert dual.lam == pytest.approx(1.3)
-    assert dual.num_updates == 2
 
 
 def test_additive_respects_bounds():
@@ -49,7 +48,7 @@ def test_max_step_bounds_the_multiplicative_exponent():
     # outlier V̂ (unbounded: exponent 5e7, straight to lambda_max) is still one exp(0.1) step.
     restored = DualController(init_lambda=1.0, target=0.01, lr=0.5, mode="multiplicative", max_step=0.1)
     restored.load_state_dict(dual.state_dict())
-    assert restored.lam == dual.lam and restored.num_updates == 2
+    assert restored.lam == dual.lam
     assert restored.update(1e6) == pytest.approx(dual.lam * math.exp(0.1))
 
 
@@ -85,7 +84,7 @@ def test_non_finite_ratio_var_raises(mode):
     for bad in (float("nan"), float("inf"), torch.tensor(float("nan"))):
         with pytest.raises(NonFiniteError, match="ratio_var"):
             dual.update(bad)
-    assert dual.lam == 1.0 and dual.num_updates == 0
+    assert dual.lam == 1.0
 
 
 def test_accepts_tensor_ratio_var():
@@ -100,7 +99,7 @@ def test_state_dict_round_trip():
     state = dual.state_dict()
     restored = DualController(init_lambda=1.0, target=0.1, lr=0.5)
     restored.load_state_dict(state)
-    assert restored.lam == dual.lam and restored.num_updates == 3 and restored.last_ratio_var == 0.05
+    assert restored.lam == dual.lam
     assert restored.update(0.4) == dual.update(0.4)
     smaller_max = DualController(init_lambda=0.0, target=0.1, lr=0.5, lambda_max=0.5)
     smaller_max.load_state_dict(state)
@@ -126,3 +125,22 @@ def test_bad_arguments_raise_naming_the_field(kwargs, field):
     args.update(kwargs)
     with pytest.raises(ValueError, match=field):
         DualController(**args)
+
+
+def test_old_checkpoints_with_update_counts_still_load():
+    """Checkpoints written before num_updates/last_ratio_var were dropped hold them: ignored."""
+    old_state = {"lam": 0.7, "num_updates": 12, "last_ratio_var": 0.04, "target": 0.1, "lr": 0.5,
+                 "mode": "additive", "max_step": None, "lambda_min": 0.0, "lambda_max": 100.0}
+    dual = DualController(init_lambda=1.0, target=0.1, lr=0.5)
+    dual.load_state_dict(old_state)
+    assert dual.lam == 0.7 and "num_updates" not in dual.state_dict()
+
+
+def test_config_and_controller_share_one_validation():
+    """R2VPOConfig validates the dual settings with the controller's own check (ConfigError)."""
+    from r2vpo_ascend.algos.errors import ConfigError
+    from r2vpo_ascend.trainer.config import R2VPOConfig
+    with pytest.raises(ConfigError, match="init_lambda"):
+        R2VPOConfig(init_lambda=5.0, lambda_max=2.0)
+    with pytest.raises(ConfigError, match="dual_lr"):
+        DualController(init_lambda=1.0, target=0.1, lr=-1.0)

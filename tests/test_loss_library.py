@@ -5,15 +5,16 @@ The R²VPO gradient and fixed point: test_losses.py.
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from r2vpo_ascend.algos import (POLICY_LOSSES, LossReduction, NonFiniteError, PolicyLossConfig,
-                                RatioStats, aggregate, check_finite, compute_policy_loss, kl_penalty, policy_ratio,
-                                r2vpo_loss, ratio_statistics, ratio_step_metrics, register_policy_loss)
-from _loss_helpers import F64, grad_of, make_batch
+from r2vpo_ascend.algos import (POLICY_LOSSES, LossReduction, NonFiniteError, PolicyLossConfig, PolicyLossOutput,
+                                RatioStats, aggregate, check_finite, clipped_surrogate_loss, compute_policy_loss,
+                                effective_advantage, kl_penalty, policy_ratio, r2vpo_loss, ratio_statistics,
+                                register_policy_loss)
+from r2vpo_ascend.algos.errors import ConfigError
+from _loss_helpers import F64, grad_of, make_batch, split
 
 # ----------------------------------------------------------------------------------------
 # Clipping baselines
@@ -31,7 +32,7 @@ def test_clip_losses_zero_gradient_outside_trust_region_but_r2vpo_does_not():
     log_probs, old, adv, mask = clip_case()
     grads, metrics = {}, {}
     for name in ("ppo_clip", "clip_higher", "r2vpo"):
-        loss, metrics[name] = compute_policy_loss(name, log_probs, old, adv, mask, PolicyLossConfig(), lam=0.5)
+        loss, metrics[name] = split(compute_policy_loss(name, log_probs, old, adv, mask, PolicyLossConfig(), lam=0.5))
         grads[name] = grad_of(loss, log_probs)[0]
     n = 5
     # ppo_clip: a (A>0, ρ>1.2), b (A<0, ρ<0.8), c (ρ = 1.25 > 1.2) and e (A<0, ρ = 0.7 < 0.8) stopped.
@@ -59,10 +60,10 @@ def test_clip_losses_zero_gradient_outside_trust_region_but_r2vpo_does_not():
 
 def test_clip_eps_from_config_wins_and_defaults_are_explicit():
     log_probs, old, adv, mask = clip_case()
-    wide = SimpleNamespace(clip_eps_low=0.2, clip_eps_high=0.6)
-    loss, metrics = compute_policy_loss("clip_higher", log_probs, old, adv, mask, wide)
+    wide = PolicyLossConfig(clip_eps_low=0.2, clip_eps_high=0.6)
+    loss, metrics = split(compute_policy_loss("clip_higher", log_probs, old, adv, mask, wide))
     assert grad_of(loss, log_probs)[0, 0].item() != 0.0  # ρ = 1.5 inside 1 + 0.6
-    _, metrics_default = compute_policy_loss("clip_higher", log_probs, old, adv, mask, SimpleNamespace())
+    _, metrics_default = split(compute_policy_loss("clip_higher", log_probs, old, adv, mask, PolicyLossConfig()))
     assert metrics_default["clip/frac"] == pytest.approx(3 / 5)  # 0.28 default
 
 
@@ -71,9 +72,9 @@ def test_dual_clip_stops_large_ratio_with_negative_advantage():
     log_probs = torch.tensor([[math.log(4.0), 0.0]], dtype=F64, requires_grad=True)
     adv = torch.tensor([[-1.0, 1.0]], dtype=F64)
     mask = torch.ones(1, 2, dtype=torch.bool)
-    loss, _ = compute_policy_loss("ppo_clip", log_probs, old, adv, mask, PolicyLossConfig())
+    loss, _ = split(compute_policy_loss("ppo_clip", log_probs, old, adv, mask, PolicyLossConfig()))
     assert grad_of(loss, log_probs)[0, 0].item() > 0
-    loss, metrics = compute_policy_loss("ppo_clip", log_probs, old, adv, mask, PolicyLossConfig(dual_clip=3.0))
+    loss, metrics = split(compute_policy_loss("ppo_clip", log_probs, old, adv, mask, PolicyLossConfig(dual_clip=3.0)))
     assert grad_of(loss, log_probs)[0, 0].item() == 0.0
     assert loss.item() == pytest.approx((3.0 - 1.0) / 2)  # (−c·A + −ρA)/n with ρ = 1 on token 1
     assert metrics["clip/frac"] == pytest.approx(0.5)
@@ -85,7 +86,7 @@ def test_gspo_uses_sequence_ratio_and_small_eps():
     log_probs = (old + drift).requires_grad_()
     adv = torch.tensor([1.0, 1.0], dtype=F64)
     mask = torch.ones(2, 3, dtype=torch.bool)
-    loss, metrics = compute_policy_loss("gspo", log_probs, old, adv, mask, SimpleNamespace())
+    loss, metrics = split(compute_policy_loss("gspo", log_probs, old, adv, mask, PolicyLossConfig()))
     grad = grad_of(loss, log_probs)
     assert grad[0].abs().max().item() == 0.0          # exp(0.01) > 1 + 4e-4: clipped
     assert grad[1].abs().min().item() > 0.0           # ≈ 1: inside
@@ -100,18 +101,18 @@ def test_gspo_uses_sequence_ratio_and_small_eps():
 def test_masked_tokens_contribute_nothing(name):
     log_probs, old, adv, mask = make_batch(seed=5, adv_per_token=True)
     config = PolicyLossConfig(loss_agg="seq-mean-token-mean")
-    loss, metrics = compute_policy_loss(name, log_probs, old, adv, mask, config, lam=0.8)
+    loss, metrics = split(compute_policy_loss(name, log_probs, old, adv, mask, config, lam=0.8))
     grad = grad_of(loss, log_probs)
 
     garbage = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30], dtype=F64)
     fill = garbage[torch.arange(mask.numel()) % 4].view_as(mask)
     log_probs2 = torch.where(mask, log_probs.detach(), fill).requires_grad_()
     old2, adv2 = torch.where(mask, old, fill.flip(0)), torch.where(mask, adv, fill)
-    loss2, metrics2 = compute_policy_loss(name, log_probs2, old2, adv2, mask, config, lam=0.8)
+    loss2, metrics2 = split(compute_policy_loss(name, log_probs2, old2, adv2, mask, config, lam=0.8))
     grad2 = grad_of(loss2, log_probs2)
     assert loss2.item() == loss.item()
     assert torch.equal(grad2, grad) and grad2[~mask].abs().max().item() == 0.0
-    assert {k: v for k, v in metrics2.items() if k != "_stats"} == {k: v for k, v in metrics.items() if k != "_stats"}
+    assert metrics2 == metrics
 
 
 @pytest.mark.parametrize("field", ["log_probs", "old_log_probs", "advantages"])
@@ -128,7 +129,7 @@ def test_non_finite_input_under_mask_raises(field):
 def test_extreme_log_ratio_is_clamped_not_overflowing():
     old = torch.zeros(1, 2)
     log_probs = torch.tensor([[100.0, -100.0]], requires_grad=True)  # float32
-    loss, metrics = r2vpo_loss(log_probs, old, torch.tensor([1.0]), torch.ones(1, 2), 1.0)
+    loss, metrics = split(r2vpo_loss(log_probs, old, torch.tensor([1.0]), torch.ones(1, 2), 1.0))
     assert math.isfinite(loss.item()) and torch.isfinite(grad_of(loss, log_probs)).all()
     assert metrics["r2vpo/ratio_max"] == pytest.approx(math.exp(20.0), rel=1e-5)
 
@@ -161,15 +162,29 @@ def hand_batch():
 def test_loss_agg_values_by_hand(loss_agg, max_len, expected_pg):
     log_probs, old, adv, mask = hand_batch()
     for center, expected_var in (("mean", 2 / 9), ("one", 1 / 3)):  # ρ = 2, 1, 1: mean 4/3
-        loss, metrics = r2vpo_loss(log_probs, old, adv, mask, 1.5, center=center, loss_agg=loss_agg,
-                                   max_response_length=max_len)
+        loss, metrics = split(r2vpo_loss(log_probs, old, adv, mask, 1.5, center=center, loss_agg=loss_agg,
+                                   max_response_length=max_len))
         assert loss.item() == pytest.approx(-expected_pg + 1.5 * expected_var)
         assert metrics["r2vpo/ratio_var"] == pytest.approx(expected_var)
         assert metrics["r2vpo/pg_loss"] == pytest.approx(-expected_pg)
         assert metrics["loss/policy"] == pytest.approx(loss.item())
     assert metrics["r2vpo/ratio_mean"] == pytest.approx(4 / 3)
     assert metrics["r2vpo/ratio_max"] == pytest.approx(2.0)
-    assert metrics["r2vpo/lambda"] == 1.5
+
+
+def test_dr_grpo_needs_a_constant_length_under_global_denominators():
+    """A micro-batch's padded width as L would make the accumulated loss depend on the split."""
+    log_probs, old, adv, mask = hand_batch()
+    with pytest.raises(ConfigError, match="max_response_length"):
+        r2vpo_loss(log_probs, old, adv, mask, 1.0, loss_agg="seq-mean-token-sum-norm",
+                   reduction=LossReduction(global_tokens=3, global_seqs=2))
+    whole = r2vpo_loss(log_probs, old, adv, mask, 0.0, loss_agg="seq-mean-token-sum-norm", max_response_length=7)
+    reduction = LossReduction(global_tokens=3, global_seqs=2)
+    # Two micro-batches, the second one narrower (its padded width is 1, not 3).
+    parts = [r2vpo_loss(log_probs[rows, :width], old[rows, :width], adv[rows, :width], mask[rows, :width], 0.0,
+                        loss_agg="seq-mean-token-sum-norm", max_response_length=7, reduction=reduction)
+             for rows, width in ((slice(0, 1), 3), (slice(1, 2), 1))]
+    assert sum(p.loss.item() for p in parts) == pytest.approx(whole.loss.item(), rel=1e-12)
 
 
 def test_aggregate_rejects_unknown_mode_and_bad_shapes():
@@ -186,10 +201,10 @@ def test_eff_adv_flip_frac():
     log_probs = torch.log(torch.tensor([[1.5, 1.0, 1.5]], dtype=F64))
     adv = torch.tensor([[1.0, 1.0, -1.0]], dtype=F64)
     mask = torch.ones(1, 3, dtype=torch.bool)
-    _, small = r2vpo_loss(log_probs, old, adv, mask, 0.5, center="one")
+    _, small = split(r2vpo_loss(log_probs, old, adv, mask, 0.5, center="one"))
     assert small["r2vpo/eff_adv_flip_frac"] == 0.0
     assert small["ratio/pos_adv_above_clip_eff_adv_mean"] == pytest.approx(1 - 2 * 0.5 * 0.5)
-    _, large = r2vpo_loss(log_probs, old, adv, mask, 2.0, center="one")
+    _, large = split(r2vpo_loss(log_probs, old, adv, mask, 2.0, center="one"))
     assert large["r2vpo/eff_adv_flip_frac"] == pytest.approx(1 / 3)  # token 0: 1 − 4·0.5 < 0
 
 
@@ -208,10 +223,10 @@ def test_registry_contents_and_unknown_name():
 def test_register_custom_loss():
     @register_policy_loss("test_constant")
     def constant_loss(log_probs, old_log_probs, advantages, response_mask, config, *, lam=0.0, reduction=None):
-        return log_probs.sum() * 0 + 42.0, {"loss/policy": 42.0}
+        return PolicyLossOutput(log_probs.sum() * 0 + 42.0, {"loss/policy": 42.0}, RatioStats(), log_probs.detach())
     try:
         log_probs, old, adv, mask = make_batch()
-        assert compute_policy_loss("test_constant", log_probs, old, adv, mask)[0].item() == 42.0
+        assert compute_policy_loss("test_constant", log_probs, old, adv, mask).loss.item() == 42.0
     finally:
         del POLICY_LOSSES["test_constant"]
 
@@ -220,28 +235,34 @@ def test_every_loss_reports_the_common_metrics():
     log_probs, old, adv, mask = make_batch()
     keys = {}
     for name in POLICY_LOSSES:
-        _, metrics = compute_policy_loss(name, log_probs, old, adv, mask, lam=0.2)
-        assert isinstance(metrics["_stats"], RatioStats)
-        assert all(isinstance(v, float) for k, v in metrics.items() if k != "_stats")
-        keys[name] = set(metrics)
+        out = compute_policy_loss(name, log_probs, old, adv, mask, lam=0.2)
+        assert isinstance(out, PolicyLossOutput) and isinstance(out.stats, RatioStats)
+        assert out.ratio.shape == log_probs.shape and not out.ratio.requires_grad
+        assert out.stats.ratio_var() == out.metrics()["r2vpo/ratio_var"]
+        assert all(isinstance(v, float) for v in out.metrics().values())
+        keys[name] = set(out.metrics())
     common = {"loss/policy", "r2vpo/ratio_var", "r2vpo/ratio_mean", "r2vpo/ratio_max", "r2vpo/eff_adv_flip_frac",
-              "r2vpo/lambda", "ratio/pos_adv_above_clip_frac", "ratio/pos_adv_above_clip_eff_adv_mean",
-              "clip/frac", "ratio/pos_adv_above_clip_tokens", "ratio/pos_adv_above_clip_zeroed_tokens", "_stats"}
+              "ratio/pos_adv_above_clip_frac", "ratio/pos_adv_above_clip_eff_adv_mean",
+              "clip/frac", "ratio/pos_adv_above_clip_tokens", "ratio/pos_adv_above_clip_zeroed_tokens"}
     for name, names in keys.items():
         assert common <= names, name
     assert keys["ppo_clip"] == keys["clip_higher"] == keys["gspo"] == common
 
 
-def test_registry_r2vpo_equals_direct_call_and_accepts_foreign_config():
+def test_registry_equals_direct_calls_and_takes_only_a_policy_loss_config():
     log_probs, old, adv, mask = make_batch(seed=9)
-    foreign = SimpleNamespace(ratio_level="sequence", center="one", loss_agg="seq-mean-token-mean")
-    loss, metrics = compute_policy_loss("r2vpo", log_probs, old, adv, mask, foreign, lam=0.4)
-    direct, direct_metrics = r2vpo_loss(log_probs, old, adv, mask, 0.4, ratio_level="sequence", center="one",
-                                        loss_agg="seq-mean-token-mean")
-    assert loss.item() == direct.item()
-    assert metrics["r2vpo/ratio_var"] == direct_metrics["r2vpo/ratio_var"]
-    bare, _ = compute_policy_loss("r2vpo", log_probs, old, adv, mask, object(), lam=0.4)  # all defaults
-    assert bare.item() == r2vpo_loss(log_probs, old, adv, mask, 0.4)[0].item()
+    config = PolicyLossConfig(ratio_level="sequence", center="one", loss_agg="seq-mean-token-mean")
+    via_registry = compute_policy_loss("r2vpo", log_probs, old, adv, mask, config, lam=0.4)
+    direct = r2vpo_loss(log_probs, old, adv, mask, 0.4, ratio_level="sequence", center="one",
+                        loss_agg="seq-mean-token-mean")
+    assert via_registry.loss.item() == direct.loss.item() and via_registry.metrics() == direct.metrics()
+    clipped = compute_policy_loss("clip_higher", log_probs, old, adv, mask, PolicyLossConfig(dual_clip=2.0))
+    by_hand = clipped_surrogate_loss(log_probs, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=2.0)
+    assert clipped.loss.item() == by_hand.loss.item() and clipped.metrics() == by_hand.metrics()
+    bare = compute_policy_loss("r2vpo", log_probs, old, adv, mask, lam=0.4)  # config=None: the defaults
+    assert bare.loss.item() == r2vpo_loss(log_probs, old, adv, mask, 0.4).loss.item()
+    with pytest.raises(TypeError, match="PolicyLossConfig"):  # no silent defaults for missing attributes
+        compute_policy_loss("r2vpo", log_probs, old, adv, mask, object(), lam=0.4)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -263,9 +284,12 @@ def test_bad_shapes_and_config_raise():
         r2vpo_loss(log_probs, old, adv[:2], mask, 0.1)
     with pytest.raises(ValueError, match="log_probs must be"):
         r2vpo_loss(log_probs[0], old[0], adv, mask[0], 0.1)
-    for bad in (dict(clip_eps_low=1.5), dict(dual_clip=0.5), dict(max_response_length=0), dict(center="x")):
-        with pytest.raises(ValueError):
+    for bad in (dict(clip_eps_low=1.5), dict(clip_eps_high=-0.1), dict(dual_clip=0.5), dict(max_response_length=0),
+                dict(max_response_length=True), dict(center="x"), dict(ratio_level="word"), dict(loss_agg="sum")):
+        with pytest.raises(ConfigError, match=f"`{next(iter(bad))}`"):
             PolicyLossConfig(**bad)
+    with pytest.raises(ConfigError, match="clip_eps_low"):  # the public baseline validates through the config
+        clipped_surrogate_loss(log_probs, old, adv, mask, clip_eps_low=1.0, clip_eps_high=0.2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -300,55 +324,98 @@ def test_check_finite_message():
 
 def test_single_rank_all_reduce_equals_no_reduction():
     log_probs, old, adv, mask = make_batch(seed=8)
-    identity = LossReduction(all_reduce=lambda t: t.clone(), all_reduce_max=lambda t: t.clone())
+    identity = LossReduction(all_reduce=lambda t: t.clone())
     for name in POLICY_LOSSES:
-        plain, plain_metrics = compute_policy_loss(name, log_probs, old, adv, mask, lam=0.5)
-        reduced, reduced_metrics = compute_policy_loss(name, log_probs, old, adv, mask, lam=0.5, reduction=identity)
+        plain, plain_metrics = split(compute_policy_loss(name, log_probs, old, adv, mask, lam=0.5))
+        reduced, reduced_metrics = split(compute_policy_loss(name, log_probs, old, adv, mask, lam=0.5,
+                                                       reduction=identity))
         torch.testing.assert_close(reduced, plain, rtol=1e-12, atol=0)
         for key, value in plain_metrics.items():
-            if key != "_stats":
-                assert reduced_metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-15), (name, key)
+            assert reduced_metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-15), (name, key)
+
+
+def test_sums_and_maxima_cross_ranks_in_one_collective():
+    calls = []
+
+    def two_ranks(values):  # the other rank holds the same sums and, in its own slot (the last), a max of 7
+        calls.append(values.clone())
+        other = values.clone()
+        other[-2:] = torch.tensor([0.0, 7.0], dtype=values.dtype)
+        return values + other
+    reduction = LossReduction(all_reduce=two_ranks, world_size=2, rank=0)
+    sums, maxima = reduction.sum_and_max(torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([3.0], dtype=F64))
+    assert sums.tolist() == [2.0, 4.0] and maxima.tolist() == [7.0] and len(calls) == 1
+    with pytest.raises(ConfigError, match="all_reduce"):
+        LossReduction(world_size=2, rank=0)
+    with pytest.raises(ConfigError, match="rank"):
+        LossReduction(all_reduce=two_ranks, world_size=2, rank=2)
+    assert LossReduction.from_process_group() == LossReduction()  # no process group: one process
 
 
 def test_low_precision_inputs_compute_in_float32():
     log_probs, old, adv, mask = make_batch(seed=2)
-    loss, _ = r2vpo_loss(log_probs.detach().bfloat16().requires_grad_(), old.bfloat16(), adv.bfloat16(), mask, 0.5)
+    loss = r2vpo_loss(log_probs.detach().bfloat16().requires_grad_(), old.bfloat16(), adv.bfloat16(), mask, 0.5).loss
     assert loss.dtype == torch.float32
-    reference, _ = r2vpo_loss(log_probs.detach().bfloat16().double(), old.bfloat16().double(),
-                              adv.bfloat16().double(), mask, 0.5)
+    reference, _ = split(r2vpo_loss(log_probs.detach().bfloat16().double(), old.bfloat16().double(),
+                              adv.bfloat16().double(), mask, 0.5))
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
-def test_ratio_stats_helpers():
+def test_ratio_stats_accumulate_micro_batches_and_ranks():
     log_probs, old, adv, mask = make_batch(seed=12, spread=0.4)
     rho = policy_ratio(log_probs.detach(), old, mask)
-    stats = RatioStats.of(rho, mask)
-    assert stats == ratio_statistics(rho, mask)
-    assert RatioStats.empty().merge(stats) == stats
+    stats = ratio_statistics(rho, mask)
+    accumulated = RatioStats().add(rho[:2], mask[:2]).add(rho[2:], mask[2:])  # two micro-batches
+    assert accumulated.num_tokens == stats.num_tokens and accumulated.ratio_max == stats.ratio_max
+    assert accumulated.ratio_var() == pytest.approx(stats.ratio_var(), rel=1e-12)
+    assert RatioStats().merge(stats) == stats
     values = rho[mask]
     assert stats.mean() == pytest.approx(values.mean().item(), rel=1e-12)
-    assert stats.variance() == pytest.approx(values.var(unbiased=False).item(), rel=1e-10)
-    assert stats.variance("mean") == stats.variance()
-    assert stats.variance("one") == pytest.approx(((values - 1) ** 2).mean().item(), rel=1e-10)
-    assert stats.variance(1.0) == stats.variance("one")
+    assert stats.ratio_var() == pytest.approx(values.var(unbiased=False).item(), rel=1e-10)
+    assert stats.ratio_var("mean") == stats.ratio_var()
+    assert stats.ratio_var("one") == pytest.approx(((values - 1) ** 2).mean().item(), rel=1e-10)
+    assert stats.ratio_var(1.0) == stats.ratio_var("one")
     assert stats.ess == pytest.approx((values.sum() ** 2 / (values ** 2).sum()).item(), rel=1e-12)
-    doubled = stats.all_reduce(lambda t: 2 * t, lambda t: t)  # two identical ranks
+    assert stats.all_reduce(LossReduction()) == stats  # one process
+    doubled = stats.all_reduce(LossReduction(all_reduce=lambda t: 2 * t))  # every sum doubled, as two like ranks
     assert doubled.num_tokens == 2 * stats.num_tokens and doubled.mean() == pytest.approx(stats.mean())
-    assert doubled.ratio_max == stats.ratio_max
     with pytest.raises(ValueError, match="center"):
-        stats.variance("median")
+        stats.ratio_var("median")
 
 
-def test_ratio_step_metrics_match_the_loss_metrics():
-    log_probs, old, adv, mask = make_batch(seed=13, spread=0.6)
-    _, metrics = r2vpo_loss(log_probs, old, adv, mask, 1.7)
-    rho = policy_ratio(log_probs.detach(), old, mask)
-    step = ratio_step_metrics(rho, adv, mask, lam=1.7, center_value=metrics["r2vpo/ratio_mean"])
-    assert "clip/frac" not in step and "ratio/pos_adv_above_clip_zeroed_tokens" not in step
-    for key, value in step.items():
-        assert value == pytest.approx(metrics[key], rel=1e-9, abs=1e-12), key
-    assert metrics["r2vpo/eff_adv_flip_frac"] > 0  # the comparison is not vacuous
-    overridden = ratio_step_metrics(rho, adv, mask, lam=1.7, stats=RatioStats(num_tokens=2, sum_dev=1.0,
-                                                                                 ratio_max=3.0), ratio_var=0.5)
-    assert overridden["r2vpo/ratio_mean"] == 1.5 and overridden["r2vpo/ratio_max"] == 3.0
-    assert overridden["r2vpo/ratio_var"] == 0.5
+def test_effective_advantage_is_the_gradient_weight_of_r2vpo():
+    """A − 2λ(ρ − c): token j's gradient of the token-mean loss is −(ρ_j/n)·(A_j − 2λ(ρ_j − c))."""
+    log_probs, old, adv, mask = make_batch(seed=13, spread=0.6, adv_per_token=True)
+    out = r2vpo_loss(log_probs, old, adv, mask, 1.7, center="one")
+    grad = grad_of(out.loss, log_probs)
+    expected = -out.ratio * effective_advantage(adv, out.ratio, 1.0, 1.7) / mask.sum()
+    torch.testing.assert_close(grad[mask], expected[mask], rtol=1e-10, atol=1e-12)
+    assert out.metrics()["r2vpo/eff_adv_flip_frac"] > 0  # λ is large enough to flip some tokens
+
+
+def test_readme_loss_library_snippet_runs():
+    """The README's "loss library on its own" example, run as written on made-up inputs."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The loss library on its own", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    log_probs, old, _, mask = make_batch(batch=8, seed=3)
+    weight = torch.nn.Parameter(torch.zeros(()))
+    namespace = {"rewards": torch.tensor([1.0, 0.0] * 4), "log_probs": log_probs + weight, "old_log_probs": old,
+                 "response_mask": mask, "optimizer": torch.optim.SGD([weight], lr=0.1), "print": lambda *a: None}
+    exec(snippet, namespace)
+    assert namespace["dual"].lam != 1.0 and weight.grad is not None
+
+
+def test_policy_loss_config_is_built_from_the_run_config(tmp_path):
+    """One function builds the loss contract from R2VPOConfig; bad settings fail on loading."""
+    from r2vpo_ascend.trainer.config import R2VPOConfig
+    path = tmp_path / "run.yaml"
+    path.write_text("loss: ppo_clip\nloss_agg: seq-mean-token-sum-norm\nmax_new_tokens: 12\ndual_clip: 3\n")
+    config = R2VPOConfig.from_yaml(path).policy_loss_config()
+    assert config == PolicyLossConfig(loss_agg="seq-mean-token-sum-norm", max_response_length=12, dual_clip=3.0)
+    assert R2VPOConfig.from_yaml(path, ["max_response_length=20"]).policy_loss_config().max_response_length == 20
+    for override, field in (("dual_clip=0.5", "dual_clip"), ("max_response_length=0", "max_response_length"),
+                            ("clip_eps_low=1.0", "clip_eps_low")):
+        with pytest.raises(ConfigError, match=f"`{field}`"):
+            R2VPOConfig.from_yaml(path, [override])

@@ -1,4 +1,4 @@
-"""Tests of the R²VPO loss maths: gradients against the closed form (R2VPO_SPEC.md) and an
+"""Tests of the R²VPO loss maths: gradients against the closed form (docs/algorithms.md) and an
 independent loop-by-loop implementation (with c NOT detached) under autograd in float64, the
 fixed point ρ = c + A/(2λ), and micro-batches with global denominators summing to the full batch.
 
@@ -12,7 +12,7 @@ import torch
 
 from r2vpo_ascend.algos import (LOSS_AGG_MODES, LossReduction, PolicyLossConfig, RatioStats, compute_policy_loss,
                                 policy_ratio, r2vpo_loss, ratio_statistics)
-from _loss_helpers import F64, grad_of, make_batch
+from _loss_helpers import F64, grad_of, make_batch, split
 
 
 def naive_r2vpo_loss(log_probs, old, advantages, mask, lam, ratio_level, center, loss_agg, max_len=None):
@@ -51,7 +51,7 @@ def naive_r2vpo_loss(log_probs, old, advantages, mask, lam, ratio_level, center,
 def test_token_gradient_matches_closed_form(center, seed):
     log_probs, old, adv, mask = make_batch(seed=seed, adv_per_token=bool(seed))
     lam = 0.7
-    loss, metrics = r2vpo_loss(log_probs, old, adv, mask, lam, center=center)
+    loss, metrics = split(r2vpo_loss(log_probs, old, adv, mask, lam, center=center))
     grad = grad_of(loss, log_probs)
 
     rho = torch.exp(log_probs.detach() - old)
@@ -70,7 +70,7 @@ def test_token_gradient_matches_closed_form(center, seed):
 def test_sequence_gradient_matches_closed_form(center, adv_per_token):
     log_probs, old, adv, mask = make_batch(seed=3, adv_per_token=adv_per_token)
     lam = 1.3
-    loss, _ = r2vpo_loss(log_probs, old, adv, mask, lam, ratio_level="sequence", center=center)
+    loss, _ = split(r2vpo_loss(log_probs, old, adv, mask, lam, ratio_level="sequence", center=center))
     grad = grad_of(loss, log_probs)
 
     m = mask.to(F64)
@@ -91,8 +91,8 @@ def test_sequence_gradient_matches_closed_form(center, adv_per_token):
 def test_loss_and_gradient_match_independent_reference(loss_agg, ratio_level, center):
     log_probs, old, adv, mask = make_batch(batch=4, seq=6, seed=7, adv_per_token=(ratio_level == "token"))
     mask[3] = False  # an empty response: must not count as a sequence
-    loss, _ = r2vpo_loss(log_probs, old, adv, mask, 0.9, ratio_level=ratio_level, center=center,
-                         loss_agg=loss_agg, max_response_length=10)
+    loss, _ = split(r2vpo_loss(log_probs, old, adv, mask, 0.9, ratio_level=ratio_level, center=center,
+                         loss_agg=loss_agg, max_response_length=10))
     ref_leaf = log_probs.detach().clone().requires_grad_()
     ref = naive_r2vpo_loss(ref_leaf, old, adv, mask, 0.9, ratio_level, center, loss_agg, max_len=10)
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
@@ -101,7 +101,7 @@ def test_loss_and_gradient_match_independent_reference(loss_agg, ratio_level, ce
 
 def test_gradient_matches_finite_differences():
     log_probs, old, adv, mask = make_batch(batch=3, seq=4, seed=11)
-    loss_fn = lambda lp: r2vpo_loss(lp, old, adv, mask, 0.5, ratio_level="sequence")[0]  # noqa: E731
+    loss_fn = lambda lp: r2vpo_loss(lp, old, adv, mask, 0.5, ratio_level="sequence").loss  # noqa: E731
     assert torch.autograd.gradcheck(loss_fn, (log_probs,), eps=1e-6, atol=1e-7)
 
 
@@ -117,7 +117,7 @@ def test_fixed_point_center_one():
     grads = []
     for rho in (rho_star * 0.9, rho_star, rho_star * 1.1):
         log_probs = torch.tensor([[math.log(rho), 0.05, 0.0]], dtype=F64, requires_grad=True)
-        loss, _ = r2vpo_loss(log_probs, old, advantages, mask, lam, center="one")
+        loss, _ = split(r2vpo_loss(log_probs, old, advantages, mask, lam, center="one"))
         grads.append(grad_of(loss, log_probs)[0, 0].item())
     assert grads[0] < 0 and grads[2] > 0  # below ρ*: keep pushing up; above: pull back
     assert abs(grads[1]) < 1e-14
@@ -131,11 +131,12 @@ def test_fixed_point_center_mean():
     old = torch.tensor([[-1.0, -2.0]], dtype=F64)
     log_probs = torch.tensor([[math.log(rho_star) - 1.0, -2.0]], dtype=F64, requires_grad=True)
     advantages = torch.tensor([[adv, 0.0]], dtype=F64)
-    loss, metrics = r2vpo_loss(log_probs, old, advantages, torch.ones(1, 2, dtype=torch.bool), lam, center="mean")
+    loss, metrics = split(r2vpo_loss(log_probs, old, advantages, torch.ones(1, 2, dtype=torch.bool), lam,
+                                     center="mean"))
     assert abs(grad_of(loss, log_probs)[0, 0].item()) < 1e-14
     assert metrics["r2vpo/ratio_mean"] == pytest.approx((rho_star + 1) / 2)
     # PPO-clip has long stopped this token (ρ* = 1.625 > 1.2).
-    loss_clip, _ = compute_policy_loss("ppo_clip", log_probs, old, advantages, torch.ones(1, 2, dtype=torch.bool))
+    loss_clip = compute_policy_loss("ppo_clip", log_probs, old, advantages, torch.ones(1, 2, dtype=torch.bool)).loss
     assert grad_of(loss_clip, log_probs)[0, 0].item() == 0.0
 
 
@@ -152,7 +153,7 @@ def test_micro_batches_with_global_denominators_sum_to_full_batch(loss_agg, rati
     log_probs, old, adv, mask = make_batch(batch=6, seq=5, seed=21)
     mask[4] = False
     config = PolicyLossConfig(ratio_level=ratio_level, center=center, loss_agg=loss_agg, max_response_length=8)
-    full_loss, full_metrics = compute_policy_loss(name, log_probs, old, adv, mask, config, lam=0.6)
+    full_loss, full_metrics = split(compute_policy_loss(name, log_probs, old, adv, mask, config, lam=0.6))
     full_grad = grad_of(full_loss, log_probs)
 
     rho = policy_ratio(log_probs.detach(), old, mask, ratio_level)
@@ -160,10 +161,13 @@ def test_micro_batches_with_global_denominators_sum_to_full_batch(loss_agg, rati
                               center_value=ratio_statistics(rho, mask).mean())
     total_loss, stats = 0.0, None
     for rows in (slice(0, 2), slice(2, 6)):
-        loss, metrics = compute_policy_loss(name, log_probs[rows], old[rows], adv[rows], mask[rows], config,
-                                            lam=0.6, reduction=reduction)
-        total_loss = total_loss + loss
-        stats = metrics["_stats"] if stats is None else stats.merge(metrics["_stats"])
+        # Each micro-batch padded to its own width, as the trainer collates them.
+        width = int(mask[rows].nonzero()[:, 1].max()) + 1
+        cols = slice(0, width)
+        out = compute_policy_loss(name, log_probs[rows, cols], old[rows, cols], adv[rows], mask[rows, cols], config,
+                                  lam=0.6, reduction=reduction)
+        total_loss = total_loss + out.loss
+        stats = out.stats if stats is None else stats.merge(out.stats)
     torch.testing.assert_close(total_loss, full_loss, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad_of(total_loss, log_probs), full_grad, rtol=1e-10, atol=1e-14)
     merged = stats.to_metrics()
@@ -173,11 +177,11 @@ def test_micro_batches_with_global_denominators_sum_to_full_batch(loss_agg, rati
 
 def test_merged_stats_without_center_value_give_pooled_variance():
     log_probs, old, adv, mask = make_batch(batch=6, seed=4, spread=0.5)
-    _, full = r2vpo_loss(log_probs, old, adv, mask, 0.3)
-    parts = [r2vpo_loss(log_probs[rows], old[rows], adv[rows], mask[rows], 0.3)[1]["_stats"]
+    _, full = split(r2vpo_loss(log_probs, old, adv, mask, 0.3))
+    parts = [r2vpo_loss(log_probs[rows], old[rows], adv[rows], mask[rows], 0.3).stats
              for rows in (slice(0, 3), slice(3, 6))]
     merged = parts[0].merge(parts[1])
-    assert merged.variance() == pytest.approx(full["r2vpo/ratio_var"], rel=1e-10)
+    assert merged.ratio_var() == pytest.approx(full["r2vpo/ratio_var"], rel=1e-10)
     assert merged.mean() == pytest.approx(full["r2vpo/ratio_mean"], rel=1e-12)
     assert merged.num_tokens == mask.sum().item()
     with pytest.raises(ValueError, match="different centers"):

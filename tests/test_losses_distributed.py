@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo), each holding part of a batch: with ``LossReduction(all_reduce=...)``
-c, V̂, the metrics and λ after the dual step are identical on both ranks and equal to the
+"""Two CPU processes (gloo), each holding part of a batch: with
+``LossReduction.from_process_group()`` c, V̂, the metrics (the largest ρ too: maxima travel in
+the sums' collective) and λ after the dual step are identical on both ranks and equal to the
 single-process values on the whole batch, and the per-rank gradients add up to the
 single-process gradient."""
 
@@ -40,21 +41,13 @@ def make_batch():
 
 def run_case(name, config_kwargs, log_probs, old, advantages, mask, reduction):
     leaf = log_probs.detach().clone().requires_grad_()
-    loss, metrics = compute_policy_loss(name, leaf, old, advantages, mask, PolicyLossConfig(**config_kwargs),
-                                        lam=LAM, reduction=reduction)
-    loss.backward()
+    out = compute_policy_loss(name, leaf, old, advantages, mask, PolicyLossConfig(**config_kwargs),
+                              lam=LAM, reduction=reduction)
+    out.loss.backward()
     dual = DualController(init_lambda=LAM, target=0.01, lr=0.5)
-    dual.update(metrics["r2vpo/ratio_var"])
-    return {"loss": loss.item(), "grad": leaf.grad, "lam": dual.lam, "stats": asdict(metrics["_stats"]),
-            "metrics": {k: v for k, v in metrics.items() if k != "_stats"}}
-
-
-def _all_reduce(op):
-    def reduce(tensor):
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=op)
-        return tensor
-    return reduce
+    dual.update(out.stats.ratio_var())
+    return {"loss": out.loss.item(), "grad": leaf.grad, "lam": dual.lam, "stats": asdict(out.stats),
+            "metrics": out.metrics()}
 
 
 def _worker(rank, port, out_path):
@@ -66,10 +59,10 @@ def _worker(rank, port, out_path):
         rows = ROWS[rank]
         results = []
         for name, config_kwargs, explicit in CASES:
-            reduction = LossReduction(
+            reduction = LossReduction.from_process_group(
                 global_tokens=float(mask.sum()) if explicit else None,
-                global_seqs=float(mask.any(-1).sum()) if explicit else None,
-                all_reduce=_all_reduce(dist.ReduceOp.SUM), all_reduce_max=_all_reduce(dist.ReduceOp.MAX))
+                global_seqs=float(mask.any(-1).sum()) if explicit else None)
+            assert reduction.world_size == WORLD_SIZE and reduction.rank == rank
             results.append(run_case(name, config_kwargs, log_probs[rows], old[rows], advantages[rows], mask[rows],
                                     reduction))
         torch.save(results, f"{out_path}.rank{rank}")

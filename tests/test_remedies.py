@@ -25,7 +25,8 @@ def _batch(outlier: float = 3.0):
 
 def _token_grad(**options):
     logp, old, adv, mask = _batch()
-    loss, metrics = r2vpo_loss(logp, old, adv, mask, 0.8, center="one", **options)
+    out = r2vpo_loss(logp, old, adv, mask, 0.8, center="one", **options)
+    loss, metrics = out.loss, out.metrics()
     loss.backward()
     rho = torch.exp(logp.detach() - old)
     return logp.grad, rho, adv.unsqueeze(-1).expand_as(rho), mask, loss, metrics
@@ -62,12 +63,14 @@ def test_ratio_grad_cap_truncates_the_gradient_weight_not_the_value():
 
 def test_defaults_are_the_spec_loss_through_the_registry():
     logp, old, adv, mask = _batch()
-    spec, _ = r2vpo_loss(logp, old, adv, mask, 0.8)
-    via_config, _ = compute_policy_loss("r2vpo", logp, old, adv, mask, PolicyLossConfig(), lam=0.8)
-    huber, _ = compute_policy_loss("r2vpo", logp, old, adv, mask,
-                                   PolicyLossConfig(variance_penalty="huber", penalty_huber_kappa=0.5), lam=0.8)
+    spec = r2vpo_loss(logp, old, adv, mask, 0.8).loss
+    via_config = compute_policy_loss("r2vpo", logp, old, adv, mask, PolicyLossConfig(), lam=0.8).loss
+    huber = compute_policy_loss("r2vpo", logp, old, adv, mask,
+                                PolicyLossConfig(variance_penalty="huber", penalty_huber_kappa=0.5), lam=0.8).loss
     assert via_config.item() == spec.item()
     assert huber.item() < spec.item()  # the outlier is penalised linearly, i.e. less
+    with pytest.raises(ConfigError, match="ratio_grad_cap"):
+        PolicyLossConfig(ratio_grad_cap=0.5)
 
 
 def test_gradient_split_matches_autograd_and_finds_the_outlier():
@@ -126,7 +129,7 @@ def test_pid_dual_update_falls_back_when_the_violation_ends():
     restored = DualController(0.1, target=0.01, lr=0.05, mode="pid", kp=1.0, kd=0.5)
     restored.load_state_dict(state)
     assert restored.integral == pid.integral and restored.lam == pid.lam
-    with pytest.raises(ValueError, match="PID"):
+    with pytest.raises(ConfigError, match="PID"):
         DualController(0.5, target=0.01, lr=0.05, mode="pid", kp=-1.0)
 
 

@@ -1,4 +1,4 @@
-"""Tests of the replay buffer, batch mixing and the re-weighting diagnostics."""
+"""Tests of the replay buffer, the trainer's batch mixing and the re-weighting diagnostics."""
 
 import io
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from r2vpo_ascend.replay import ReplayBuffer, Rollout, mix_batch, replay_metrics
+from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count, replay_metrics
 
 
 def rollout(version, group_id=0, length=3, reward=1.0):
@@ -26,14 +26,13 @@ def test_fifo_capacity_eviction():
     assert len(buffer) == 3 and ids(buffer) == [2, 3, 4]  # the oldest two went first
 
 
-def test_staleness_eviction_and_histogram():
+def test_staleness_eviction():
     buffer = ReplayBuffer(capacity=100, max_staleness=2)
     for version in range(5):
         buffer.add([rollout(version, group_id=version), rollout(version, group_id=10 + version)])
-    assert buffer.staleness_histogram(current_version=5) == {1: 2, 2: 2, 3: 2, 4: 2, 5: 2}
     assert buffer.evict_stale(current_version=5) == 6       # staleness 3, 4, 5 > 2
     assert sorted(ids(buffer)) == [3, 4, 13, 14]
-    assert buffer.staleness_histogram(5) == {1: 2, 2: 2}
+    assert sorted(r.staleness(5) for r in buffer) == [1, 1, 2, 2]
     # sample() never returns a stale sample
     assert ids(buffer.sample(10, current_version=6)) in ([4, 14], [14, 4])  # version 3 is now stale
     assert len(buffer) == 2
@@ -88,27 +87,35 @@ def test_bad_arguments():
 @pytest.mark.parametrize("replay_ratio, buffered, expected_replayed", [
     (0.0, 50, 0), (0.5, 50, 8), (0.2, 50, 2), (0.75, 50, 24), (0.75, 5, 5),
 ])
-def test_mix_batch_counts(replay_ratio, buffered, expected_replayed):
+def test_replay_count_and_sample(replay_ratio, buffered, expected_replayed):
     buffer = ReplayBuffer(capacity=100, max_staleness=4)
     buffer.add([rollout(0, group_id=1000 + i) for i in range(buffered)])
-    fresh = [rollout(1, group_id=i) for i in range(8)]
-    batch = mix_batch(fresh, buffer, replay_ratio, current_version=1)
-    assert batch[:8] == fresh
-    replayed = batch[8:]
-    assert len(replayed) == expected_replayed
-    assert all(r.group_id >= 1000 for r in replayed)  # fresh samples are not replayed in their step
+    replayed = buffer.sample(replay_count(8, replay_ratio), current_version=1)  # the trainer's two calls
+    assert len(replayed) == expected_replayed and len({id(r) for r in replayed}) == expected_replayed
     with pytest.raises(ValueError, match="replay_ratio"):
-        mix_batch(fresh, buffer, 1.0, current_version=1)
+        replay_count(8, 1.0)
 
 
-def test_trainer_order_never_replays_fresh_in_same_step():
-    buffer = ReplayBuffer(capacity=100, max_staleness=4)
-    for version in range(3):
-        fresh = [rollout(version, group_id=100 * version + i) for i in range(4)]
-        batch = mix_batch(fresh, buffer, 0.5, current_version=version)
-        assert all(r.version < version for r in batch[4:])
-        assert len(batch) == 4 + min(4, len(buffer))
-        buffer.add(fresh)
+def test_trainer_never_replays_a_fresh_sample_in_its_own_step(tmp_path):
+    """The trainer's real path: replayed samples are drawn before the fresh ones enter the buffer,
+    so every update batch is this step's fresh rollouts plus strictly older ones."""
+    from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
+    cfg = R2VPOConfig(model="tiny", dataset="arithmetic", dataset_size=32, prompts_per_step=2, num_generations=2,
+                      max_new_tokens=2, sft_steps=0, eval_every=0, steps=3, replay_ratio=0.5, max_staleness=4,
+                      output_dir=str(tmp_path / "run"), progress_bar="off", log_every=0)
+    trainer = R2VPOTrainer(config=cfg)
+    update, seen = trainer.updater.update, []
+
+    def recording_update(batch, *, current_version, positions=None):
+        seen.append((current_version, [r.staleness(current_version) for r in batch]))
+        return update(batch, current_version=current_version, positions=positions)
+    trainer.updater.update = recording_update
+    trainer.train()
+    assert [version for version, _ in seen] == [0, 1, 2]
+    for version, staleness in seen:
+        assert staleness[:4] == [0, 0, 0, 0]                   # this step's 2 × 2 fresh rollouts ...
+        assert all(s >= 1 for s in staleness[4:])              # ... and only older ones after them
+        assert len(staleness) == 4 + min(4, 4 * version)       # replay_count(4, 0.5) = 4, once buffered
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Group-relative advantage estimators (R2VPO_SPEC.md "Advantages").
+"""Group-relative advantage estimators (docs/algorithms.md "Advantages").
 
 Rewards come as a flat ``[N]`` tensor whose groups (the G responses to one prompt) are
 contiguous: ``rewards.view(N // G, G)``. Every estimator returns ``[N]`` and gives exactly
@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from .numerics import check_finite
+from .registry import lookup, register
 
 AdvantageFn = Callable[..., torch.Tensor]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
@@ -19,12 +20,7 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
     """Decorator adding ``fn(grouped_rewards [num_groups, G], *, eps) -> [num_groups, G]``."""
-    def decorator(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-    return decorator
+    return register(ADVANTAGE_ESTIMATORS, name, "advantage estimator")
 
 
 def compute_advantages(name: str, rewards: torch.Tensor, group_size: int, *, eps: float = 1e-6) -> torch.Tensor:
@@ -32,8 +28,7 @@ def compute_advantages(name: str, rewards: torch.Tensor, group_size: int, *, eps
 
     Computed in float64, returned in the rewards' floating dtype (float32 for integer rewards).
     """
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
+    estimator = lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
@@ -45,7 +40,7 @@ def compute_advantages(name: str, rewards: torch.Tensor, group_size: int, *, eps
     check_finite("rewards", rewards)
     out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
     grouped = rewards.detach().to(torch.float64).view(-1, group_size)
-    advantages = ADVANTAGE_ESTIMATORS[name](grouped, eps=eps)
+    advantages = estimator(grouped, eps=eps)
     # All-equal group → exactly 0 (r − mean can be ±1 ulp instead of 0 in floating point).
     constant_group = (grouped == grouped[:, :1]).all(dim=-1, keepdim=True)
     advantages = torch.where(constant_group, torch.zeros_like(advantages), advantages)

@@ -1,41 +1,46 @@
-"""Policy losses: the R²VPO loss and a registry that the clipping baselines share.
+"""Policy losses: the R²VPO loss, the loss contract and a registry the clipping baselines share.
 
-R²VPO (R2VPO_SPEC.md "Objective"): maximise E[ρA] subject to Var[ρ] ≤ δ, through the
+R²VPO (docs/algorithms.md "Objective"): maximise E[ρA] subject to Var[ρ] ≤ δ, through the
 Lagrangian ℒ(θ, λ) = E[ρA] − λ(V̂ − δ). The primal step minimises
 
     loss = −agg(ρ·A) + λ·V̂,     V̂ = Σ m·(ρ − c)² / n
 
-whose gradient is a policy gradient with the effective advantage A − 2λ(ρ − c):
+whose gradient is a policy gradient with the effective advantage A − 2λ(ρ − c)
+(:func:`~r2vpo_ascend.algos.ratio.effective_advantage`):
 
     ∂ℒ/∂logp_j = (ρ_j / n)·(A_j − 2λ(ρ_j − c))          (token-mean; tested under autograd)
 
-Every loss in :data:`POLICY_LOSSES` takes ``(log_probs, old_log_probs, advantages,
-response_mask, config, *, lam, reduction)`` and returns ``(loss, metrics)``; the metrics come
-from one shared helper (:func:`policy_metrics`), so every loss reports the same names.
+The contract: every loss in :data:`POLICY_LOSSES` takes ``(log_probs, old_log_probs,
+advantages, response_mask, config: PolicyLossConfig, *, lam, reduction)`` and returns a
+:class:`PolicyLossOutput`; the output is built by one helper (:func:`policy_output`), so every
+loss reports the same names. :class:`PolicyLossConfig` is the one place the loss settings are
+validated.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from .aggregation import LOSS_AGG_MODES, LossReduction, aggregate
+from .errors import ConfigError
 from .numerics import check_finite
-from .ratio import RATIO_LEVELS, RatioStats, diagnostic_sums, max_ratio, moment_sums, policy_ratio
-from .robust import PENALTIES, penalty, penalty_slope, truncated_ratio
+from .ratio import (RATIO_LEVELS, RatioStats, diagnostic_sums, effective_advantage, max_ratio, moment_sums,
+                    policy_ratio)
+from .registry import lookup, register
+from .robust import PENALTIES, penalized_effective_advantage, penalty, truncated_ratio
 
 CENTERS = ("mean", "one")
 
-PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, Any]]]
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 
-
-@dataclass
+@dataclass(frozen=True)
 class PolicyLossConfig:
-    """The knobs a policy loss reads. Any object with these attributes works too (the
-    trainer passes its own config); a missing attribute takes the default below.
+    """The settings a policy loss reads, validated on construction (:class:`ConfigError`).
+
+    The trainer builds it from its config with ``R2VPOConfig.policy_loss_config()``.
 
     Attributes:
         ratio_level: ``token`` (default) or ``sequence`` (GSPO's geometric-mean ratio).
@@ -44,10 +49,12 @@ class PolicyLossConfig:
         clip_eps_low / clip_eps_high: ε of the clipping baselines. ``None`` = the loss's own
             default: ``ppo_clip`` 0.2/0.2, ``clip_higher`` 0.2/0.28 (DAPO), ``gspo``
             3e-4/4e-4 (GSPO paper). Ignored by ``r2vpo``.
-        max_response_length: L of ``seq-mean-token-sum-norm`` (default: the padded width T).
+        max_response_length: L of ``seq-mean-token-sum-norm`` (Dr. GRPO): a constant of the
+            run (the trainer uses ``max_new_tokens``). ``None``: the padded width T of the
+            batch given, allowed only without global denominators (see :func:`aggregate`).
         dual_clip: optional dual-clip bound c > 1 for A < 0 tokens (clipping baselines).
-        variance_penalty / penalty_huber_kappa / ratio_grad_cap: R²VPO remedies (see
-            :mod:`~r2vpo_ascend.algos.robust`); the defaults are the spec's loss.
+        variance_penalty / penalty_huber_kappa / ratio_grad_cap: R²VPO remedies (issue 11,
+            :mod:`~r2vpo_ascend.algos.robust`); the defaults are the spec's loss exactly.
     """
 
     ratio_level: str = "token"
@@ -62,51 +69,79 @@ class PolicyLossConfig:
     ratio_grad_cap: float | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("ratio_level", self.ratio_level, RATIO_LEVELS)
-        _check_choice("variance_penalty", self.variance_penalty, PENALTIES)
-        _check_choice("center", self.center, CENTERS)
-        _check_choice("loss_agg", self.loss_agg, LOSS_AGG_MODES)
-        for name in ("clip_eps_low", "clip_eps_high"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"PolicyLossConfig.{name} must be in [0, 1) or None, got {value}")
-        if self.max_response_length is not None and self.max_response_length <= 0:
-            raise ValueError(f"PolicyLossConfig.max_response_length must be > 0, got {self.max_response_length}")
-        if self.dual_clip is not None and not self.dual_clip > 1.0:
-            raise ValueError(f"PolicyLossConfig.dual_clip must be > 1 or None, got {self.dual_clip}")
+        for name, choices in (("ratio_level", RATIO_LEVELS), ("center", CENTERS), ("loss_agg", LOSS_AGG_MODES),
+                              ("variance_penalty", PENALTIES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"`{name}`: {getattr(self, name)!r} is not one of {list(choices)}")
+        if self.clip_eps_low is not None and not 0.0 <= self.clip_eps_low < 1.0:
+            raise ConfigError(f"`clip_eps_low` must be in [0, 1) or null, got {self.clip_eps_low}")
+        if self.clip_eps_high is not None and not (0.0 <= self.clip_eps_high and math.isfinite(self.clip_eps_high)):
+            raise ConfigError(f"`clip_eps_high` must be >= 0 and finite, or null, got {self.clip_eps_high}")
+        length = self.max_response_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise ConfigError(f"`max_response_length` must be an int >= 1 or null, got {length!r}")
+        if self.dual_clip is not None and not (self.dual_clip > 1.0 and math.isfinite(self.dual_clip)):
+            raise ConfigError(f"`dual_clip` must be > 1 and finite, or null, got {self.dual_clip}")
+        if not (self.penalty_huber_kappa > 0 and math.isfinite(self.penalty_huber_kappa)):
+            raise ConfigError(f"`penalty_huber_kappa` must be > 0 and finite, got {self.penalty_huber_kappa}")
+        if self.ratio_grad_cap is not None and not (self.ratio_grad_cap >= 1 and math.isfinite(self.ratio_grad_cap)):
+            raise ConfigError(f"`ratio_grad_cap` must be >= 1 and finite, or null, got {self.ratio_grad_cap}")
+
+    def clip_eps(self, defaults: tuple[float, float]) -> tuple[float, float]:
+        """(ε_low, ε_high): the configured values where set, else a loss's ``defaults``."""
+        return (defaults[0] if self.clip_eps_low is None else float(self.clip_eps_low),
+                defaults[1] if self.clip_eps_high is None else float(self.clip_eps_high))
 
 
-_CONFIG_DEFAULTS = {f: getattr(PolicyLossConfig, f) for f in PolicyLossConfig.__dataclass_fields__}
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    """What every policy loss returns.
+
+    Attributes:
+        loss: the 0-dim differentiable loss (under a :class:`LossReduction` with global
+            denominators: this call's partial sum of the global loss).
+        terms: float values of the loss terms, ``loss/policy`` and the loss's own parts (R²VPO:
+            ``r2vpo/pg_loss``, ``r2vpo/var_penalty``), summed over the reduction's ranks.
+            Partial sums too: they add up over micro-batches.
+        stats: the :class:`RatioStats` of this call (global over ranks under ``all_reduce``);
+            merge them over micro-batches, read V̂ with ``.ratio_var()``.
+        ratio: ρ ``[B, T]``, detached (1 on masked-out tokens at token level).
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, float]
+    stats: RatioStats
+    ratio: torch.Tensor
+
+    def metrics(self) -> dict[str, float]:
+        """Floats for logging: the terms and ``stats.to_metrics()`` (docs/algorithms.md "Metrics")."""
+        return {**self.terms, **self.stats.to_metrics()}
 
 
-def config_value(config: Any, name: str) -> Any:
-    """``config.name``, or the :class:`PolicyLossConfig` default if absent or None."""
-    value = getattr(config, name, None)
-    return _CONFIG_DEFAULTS[name] if value is None else value
+PolicyLossFn = Callable[..., PolicyLossOutput]
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Decorator adding a loss to :data:`POLICY_LOSSES` under ``name``."""
-    def decorator(loss_fn: PolicyLossFn) -> PolicyLossFn:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = loss_fn
-        return loss_fn
-    return decorator
+    """Decorator adding a loss with the contract's signature to :data:`POLICY_LOSSES` under ``name``."""
+    return register(POLICY_LOSSES, name, "policy loss")
 
 
 def compute_policy_loss(name: str, log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                        response_mask: torch.Tensor, config: Any = None, *, lam: float = 0.0,
-                        reduction: LossReduction | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                        response_mask: torch.Tensor, config: PolicyLossConfig | None = None, *, lam: float = 0.0,
+                        reduction: LossReduction | None = None) -> PolicyLossOutput:
     """Look up the loss ``name`` in :data:`POLICY_LOSSES` and apply it (shapes as :func:`r2vpo_loss`)."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; registered: {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name](log_probs, old_log_probs, advantages, response_mask,
-                               PolicyLossConfig() if config is None else config, lam=lam, reduction=reduction)
+    loss_fn = lookup(POLICY_LOSSES, name, "policy loss")
+    if config is None:
+        config = PolicyLossConfig()
+    elif not isinstance(config, PolicyLossConfig):
+        raise TypeError(f"compute_policy_loss: config must be a PolicyLossConfig, got {type(config).__name__} "
+                        "(the trainer's R2VPOConfig gives one with .policy_loss_config())")
+    return loss_fn(log_probs, old_log_probs, advantages, response_mask, config, lam=lam, reduction=reduction)
 
 
 # ---------------------------------------------------------------------------------------
-# Shared plumbing: validated inputs, ρ and c over the reduction scope, common metrics.
+# Shared plumbing: validated inputs, ρ and c over the reduction scope, the common output.
 # ---------------------------------------------------------------------------------------
 @dataclass
 class PolicyBatch:
@@ -157,12 +192,11 @@ class RatioScope:
 
 def ratio_scope(batch: PolicyBatch, ratio_level: str, center: str, reduction: LossReduction | None) -> RatioScope:
     """Compute ρ, then c and the denominators, all-reducing the moment sums when asked."""
-    _check_choice("center", center, CENTERS)
     ratio = policy_ratio(batch.log_probs, batch.old_log_probs, batch.mask, ratio_level)
     reduction = reduction or LossReduction()
     moments = moment_sums(ratio, batch.mask)
     if reduction.all_reduce is not None:
-        moments = reduction.all_reduce(moments)
+        moments = reduction.sum(moments)
         # Unless given, denominators are the counts over all ranks (no host sync: tensors).
         tokens, seqs = reduction.global_tokens, reduction.global_seqs
         reduction = replace(reduction, global_tokens=moments[0] if tokens is None else tokens,
@@ -181,30 +215,20 @@ def ratio_scope(batch: PolicyBatch, ratio_level: str, center: str, reduction: Lo
                       moments=moments, reduction=reduction)
 
 
-def policy_metrics(loss_terms: dict[str, torch.Tensor], scope: RatioScope, batch: PolicyBatch,
-                   effective_advantage: torch.Tensor, clipped: torch.Tensor | None, lam: float) -> dict[str, Any]:
-    """The metrics every policy loss returns, global over the reduction scope.
+def policy_output(terms: dict[str, torch.Tensor], scope: RatioScope, batch: PolicyBatch,
+                  effective_adv: torch.Tensor, clipped: torch.Tensor | None) -> PolicyLossOutput:
+    """The :class:`PolicyLossOutput` of every policy loss, global over the reduction scope.
 
-    ``loss_terms`` (e.g. ``{"loss/policy": loss}``) are summed over ranks, so they are the
-    global values when the denominators are global. ``metrics["_stats"]`` is the
-    :class:`RatioStats` of this call, to merge across micro-batches (not for logging).
+    ``terms`` (``{"loss/policy": loss, ...}``, the loss first) are summed over ranks with the
+    diagnostic counts and the largest ρ, in one collective.
     """
-    reduction = scope.reduction
-    diagnostics = diagnostic_sums(scope.ratio, batch.advantages, effective_advantage, batch.mask, clipped)
-    losses = torch.stack([value.detach().to(torch.float64).reshape(()) for value in loss_terms.values()])
-    summed = torch.cat([diagnostics, losses])
-    largest = max_ratio(scope.ratio, batch.mask)
-    if reduction.all_reduce is not None:
-        summed = reduction.all_reduce(summed)
-    if reduction.all_reduce_max is not None:
-        largest = reduction.all_reduce_max(largest)
+    diagnostics = diagnostic_sums(scope.ratio, batch.advantages, effective_adv, batch.mask, clipped)
+    losses = torch.stack([value.detach().to(torch.float64).reshape(()) for value in terms.values()])
+    summed, largest = scope.reduction.sum_and_max(torch.cat([diagnostics, losses]), max_ratio(scope.ratio, batch.mask))
     num_diag = len(RatioStats.DIAGNOSTIC_FIELDS)
     stats = RatioStats.from_sums(scope.moments, summed[:num_diag], largest, scope.center_spec)
-    metrics: dict[str, Any] = dict(zip(loss_terms, summed[num_diag:].tolist()))
-    metrics.update(stats.to_metrics())
-    metrics["r2vpo/lambda"] = float(lam)
-    metrics["_stats"] = stats
-    return metrics
+    return PolicyLossOutput(loss=terms["loss/policy"], terms=dict(zip(terms, summed[num_diag:].tolist())),
+                            stats=stats, ratio=scope.ratio.detach())
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,9 +238,8 @@ def r2vpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages:
                response_mask: torch.Tensor, lam: float, *, ratio_level: str = "token", center: str = "mean",
                loss_agg: str = "token-mean", max_response_length: int | None = None,
                reduction: LossReduction | None = None, variance_penalty: str = "quadratic",
-               penalty_huber_kappa: float = 0.5,
-               ratio_grad_cap: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """R²VPO primal loss  −agg(ρ·A) + λ·V̂  (R2VPO_SPEC.md "Objective").
+               penalty_huber_kappa: float = 0.5, ratio_grad_cap: float | None = None) -> PolicyLossOutput:
+    """R²VPO primal loss  −agg(ρ·A) + λ·V̂  (docs/algorithms.md "Objective").
 
     With the remedies (:mod:`~r2vpo_ascend.algos.robust`) the penalty is λ·Σm·φ(ρ − c)/n
     (``variance_penalty: huber``) and ρ's gradient weight min(ρ, C) (``ratio_grad_cap``); the
@@ -228,55 +251,47 @@ def r2vpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages:
         advantages: ``[B]`` (per response) or ``[B, T]``.
         response_mask: ``[B, T]``, 1 for response tokens; other entries are ignored, even NaN.
         lam: λ ≥ 0, held constant in the primal step.
-        ratio_level: ``token`` or ``sequence`` (see :func:`policy_ratio`).
-        center: ``mean`` (c = masked mean of ρ over the global batch, or
-            ``reduction.center_value``) or ``one`` (c = 1).
-        loss_agg, max_response_length: aggregation of ρ·A (see :func:`aggregate`); V̂ is
-            always a token mean.
+        ratio_level, center, loss_agg, max_response_length: the :class:`PolicyLossConfig`
+            fields (validated there); V̂ is always a token mean.
         reduction: global denominators / all-reduce for micro-batches and ranks.
 
     Returns:
-        ``(loss, metrics)``: 0-dim loss (a partial sum of the global loss under ``reduction``)
-        and float metrics, plus ``metrics["_stats"]`` (:class:`RatioStats`).
+        A :class:`PolicyLossOutput`: ``.loss`` to backpropagate, ``.stats.ratio_var()`` for
+        the dual step, ``.metrics()`` to log.
     """
-    lam = _check_lambda(lam)
-    batch = prepare_policy_inputs(log_probs, old_log_probs, advantages, response_mask)
-    scope = ratio_scope(batch, ratio_level, center, reduction)
-    c, adv, mask = scope.center, batch.advantages, batch.mask
-    rho = truncated_ratio(scope.ratio, ratio_grad_cap)  # = scope.ratio without a cap
-
-    pg_loss = -aggregate(rho * adv, mask, loss_agg, scope.reduction, max_response_length=max_response_length)
-    # V̂ = Σ m·(ρ − c)² / n over the global batch. c is detached: its gradient contribution,
-    # −(2/n)·Σ_k m_k(ρ_k − c)·∂c/∂logp_j, is zero because Σ_k m_k(ρ_k − c) = 0 when c is the
-    # mean of the same ρ, so the closed form (ρ_j/n)(A_j − 2λ(ρ_j − c)) holds either way.
-    ratio_var = aggregate(penalty(rho - c, variance_penalty, penalty_huber_kappa), mask, "token-mean",
-                          scope.reduction)
-    var_penalty = lam * ratio_var
-    loss = pg_loss + var_penalty
-
-    # Effective advantage A − λφ'(ρ − c) (spec: A − 2λ(ρ − c)): each token's gradient ∝ it.
-    effective_advantage = adv - lam * penalty_slope(rho.detach() - c, variance_penalty, penalty_huber_kappa)
-    metrics = policy_metrics({"loss/policy": loss, "r2vpo/pg_loss": pg_loss, "r2vpo/var_penalty": var_penalty},
-                             scope, batch, effective_advantage, None, lam)
-    return loss, metrics
+    config = PolicyLossConfig(ratio_level=ratio_level, center=center, loss_agg=loss_agg,
+                              max_response_length=max_response_length, variance_penalty=variance_penalty,
+                              penalty_huber_kappa=penalty_huber_kappa, ratio_grad_cap=ratio_grad_cap)
+    return _r2vpo_policy_loss(log_probs, old_log_probs, advantages, response_mask, config, lam=lam,
+                              reduction=reduction)
 
 
 @register_policy_loss("r2vpo")
 def _r2vpo_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                       response_mask: torch.Tensor, config: Any, *, lam: float = 0.0,
-                       reduction: LossReduction | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    return r2vpo_loss(log_probs, old_log_probs, advantages, response_mask, lam,
-                      ratio_level=config_value(config, "ratio_level"), center=config_value(config, "center"),
-                      loss_agg=config_value(config, "loss_agg"),
-                      max_response_length=config_value(config, "max_response_length"), reduction=reduction,
-                      variance_penalty=config_value(config, "variance_penalty"),
-                      penalty_huber_kappa=config_value(config, "penalty_huber_kappa"),
-                      ratio_grad_cap=config_value(config, "ratio_grad_cap"))
+                       response_mask: torch.Tensor, config: PolicyLossConfig, *, lam: float = 0.0,
+                       reduction: LossReduction | None = None) -> PolicyLossOutput:
+    lam = _check_lambda(lam)
+    batch = prepare_policy_inputs(log_probs, old_log_probs, advantages, response_mask)
+    scope = ratio_scope(batch, config.ratio_level, config.center, reduction)
+    c, adv, mask = scope.center, batch.advantages, batch.mask
+    rho = truncated_ratio(scope.ratio, config.ratio_grad_cap)  # = scope.ratio without a cap
 
-
-def _check_choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{field_name} must be one of {list(choices)}, got {value!r}")
+    pg_loss = -aggregate(rho * adv, mask, config.loss_agg, scope.reduction,
+                         max_response_length=config.max_response_length)
+    # V̂ = Σ m·(ρ − c)² / n over the global batch. c is detached: its gradient contribution,
+    # −(2/n)·Σ_k m_k(ρ_k − c)·∂c/∂logp_j, is zero because Σ_k m_k(ρ_k − c) = 0 when c is the
+    # mean of the same ρ, so the closed form (ρ_j/n)(A_j − 2λ(ρ_j − c)) holds either way.
+    # (With `variance_penalty: huber` the argument needs φ = x²: c is held fixed, see robust.py.)
+    ratio_var = aggregate(penalty(rho - c, config.variance_penalty, config.penalty_huber_kappa), mask, "token-mean",
+                          scope.reduction)
+    var_penalty = lam * ratio_var
+    loss = pg_loss + var_penalty
+    if config.variance_penalty == "quadratic":
+        eff_adv = effective_advantage(adv, rho, c, lam)
+    else:
+        eff_adv = penalized_effective_advantage(adv, rho, c, lam, config.variance_penalty, config.penalty_huber_kappa)
+    return policy_output({"loss/policy": loss, "r2vpo/pg_loss": pg_loss, "r2vpo/var_penalty": var_penalty},
+                         scope, batch, eff_adv, None)
 
 
 def _check_lambda(lam: float | torch.Tensor) -> float:

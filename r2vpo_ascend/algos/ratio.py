@@ -1,11 +1,14 @@
 """The policy ratio ρ and its sufficient statistics.
 
-ρ[i,t] = π_θ(y_t | …) / μ(y_t | …) = exp(logp − old_logp)      (R2VPO_SPEC.md "Notation")
+ρ[i,t] = π_θ(y_t | …) / μ(y_t | …) = exp(logp − old_logp)      (docs/algorithms.md "Notation")
 
 :class:`RatioStats` holds sums (not means) so that statistics from micro-batches and ranks
-merge by addition: the trainer merges the ``metrics["_stats"]`` of every micro-batch and
-reads the global V̂ for the dual step from the result. Sums are of (ρ − 1), not ρ: ratios
-sit near 1, and shifting by 1 avoids the cancellation of Σρ²/n − (Σρ/n)² in low precision.
+merge by addition: the trainer merges the ``stats`` of every micro-batch's
+:class:`~r2vpo_ascend.algos.losses.PolicyLossOutput` and reads the global V̂ for the dual step
+from the result. Sums are of (ρ − 1), not ρ: ratios sit near 1, and shifting by 1 avoids the
+cancellation of Σρ²/n − (Σρ/n)² in low precision.
+
+:func:`effective_advantage` is R²VPO's A − 2λ(ρ − c), the one place it is computed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .aggregation import LossReduction
 from .numerics import safe_exp
 
 RATIO_LEVELS = ("token", "sequence")
@@ -45,9 +49,24 @@ def policy_ratio(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: tor
     raise ValueError(f"ratio_level must be one of {list(RATIO_LEVELS)}, got {ratio_level!r}")
 
 
+def effective_advantage(advantages: torch.Tensor, ratio: torch.Tensor, center: torch.Tensor | float,
+                        lam: float) -> torch.Tensor:
+    """R²VPO's effective advantage A − 2λ(ρ − c), ``[B, T]`` (ρ detached): each token's gradient
+    is ρ/n times it (docs/algorithms.md). The loss, its metrics and the replay diagnostics all
+    call this function."""
+    return advantages - 2.0 * float(lam) * (ratio.detach() - center)
+
+
 @dataclass
 class RatioStats:
-    """Mergeable sums over the masked tokens of a batch (floats, float64 precision).
+    """Mergeable sums over the masked tokens of a batch (floats, float64 precision): the public
+    way to accumulate (Σm, Σm·ρ, Σm·ρ²) over micro-batches and ranks, and to read V̂ from them.
+
+    ``RatioStats()`` covers no tokens. Accumulate either the ``stats`` of each loss call
+    (``total = total.merge(out.stats)``) or raw ratios (``total = total.add(ratio, mask)``);
+    once per optimiser step, ``total.all_reduce(reduction)`` sums over ranks (skip it when
+    the loss already ran under that reduction: its stats are global); then
+    ``total.ratio_var()`` is the global V̂ for :meth:`DualController.update`.
 
     ``center``: the c of the variance: a number (1 for ``center="one"``, or a precomputed
     global c), or ``None`` for "the mean ρ of whatever these stats cover".
@@ -90,27 +109,17 @@ class RatioStats:
                   if f.name not in ("ratio_max", "center")}
         return RatioStats(**summed, ratio_max=max(self.ratio_max, other.ratio_max), center=self.center)
 
-    @classmethod
-    def empty(cls, center: float | None = None) -> "RatioStats":
-        """Statistics of no tokens: the neutral element of :meth:`merge`."""
-        return cls(center=center)
+    def add(self, ratio: torch.Tensor, mask: torch.Tensor) -> "RatioStats":
+        """These statistics plus the moments of ``ratio [B, T]`` under ``mask [B, T]`` (a new object)."""
+        return self.merge(ratio_statistics(ratio, mask, center=self.center))
 
-    @classmethod
-    def of(cls, ratio: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor | None = None,
-           effective_advantage: torch.Tensor | None = None, *, clipped: torch.Tensor | None = None,
-           center: float | None = None) -> "RatioStats":
-        """Same as :func:`ratio_statistics`."""
-        return ratio_statistics(ratio, mask, advantages, effective_advantage, clipped=clipped, center=center)
-
-    def all_reduce(self, all_reduce_sum, all_reduce_max=None) -> "RatioStats":
-        """The statistics over all ranks: sums through ``all_reduce_sum`` (a callable summing a
-        1-D float64 tensor across ranks), the max through ``all_reduce_max`` if given."""
+    def all_reduce(self, reduction: LossReduction) -> "RatioStats":
+        """The statistics over all ranks of ``reduction`` (sums add, the max is the largest):
+        one collective. A reduction without ``all_reduce`` returns an equal copy."""
         names = self.MOMENT_FIELDS + self.DIAGNOSTIC_FIELDS
-        summed = all_reduce_sum(torch.tensor([getattr(self, n) for n in names], dtype=torch.float64)).tolist()
-        largest = self.ratio_max
-        if all_reduce_max is not None:
-            largest = all_reduce_max(torch.tensor([largest], dtype=torch.float64)).item()
-        return RatioStats(**dict(zip(names, summed)), ratio_max=largest, center=self.center)
+        summed, largest = reduction.sum_and_max(torch.tensor([getattr(self, n) for n in names], dtype=torch.float64),
+                                                torch.tensor([self.ratio_max], dtype=torch.float64))
+        return RatioStats(**dict(zip(names, summed.tolist())), ratio_max=float(largest[0]), center=self.center)
 
     @property
     def sum_ratio(self) -> float:
@@ -137,7 +146,7 @@ class RatioStats:
             raise ValueError(f"center must be 'mean', 'one' or a number, got {center!r}")
         return float(center)
 
-    def variance(self, center: str | float | None = None) -> float:
+    def ratio_var(self, center: str | float | None = None) -> float:
         """V̂ = Σ m·(ρ − c)² / n with c = :meth:`center_value` (``center``)."""
         if self.num_tokens <= 0:
             return 0.0
@@ -154,10 +163,10 @@ class RatioStats:
         return self.ess / self.num_tokens if self.num_tokens > 0 else 0.0
 
     def to_metrics(self) -> dict[str, float]:
-        """The ratio metrics every policy loss reports (stable names, R2VPO_SPEC.md)."""
+        """The ratio metrics every policy loss reports (stable names, docs/algorithms.md "Metrics")."""
         return {
             "r2vpo/ratio_mean": self.mean(),
-            "r2vpo/ratio_var": self.variance(),
+            "r2vpo/ratio_var": self.ratio_var(),
             "r2vpo/ratio_max": self.ratio_max if self.num_tokens > 0 else 0.0,
             "r2vpo/eff_adv_flip_frac": _fraction(self.num_eff_adv_flipped, self.num_adv_nonzero),
             "ratio/pos_adv_above_clip_frac": _fraction(self.num_pos_adv_above_clip, self.num_pos_adv),
@@ -230,40 +239,3 @@ def ratio_statistics(ratio: torch.Tensor, mask: torch.Tensor, advantages: torch.
     return RatioStats.from_sums(moment_sums(ratio, mask),
                                 diagnostic_sums(ratio, advantages, effective_advantage, mask, clipped),
                                 max_ratio(ratio, mask), center)
-
-
-def ratio_step_metrics(ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, lam: float,
-                       center_value: float | None = None, stats: RatioStats | None = None,
-                       ratio_var: float | None = None) -> dict[str, float]:
-    """Ratio metrics of a whole optimiser step from its concatenated micro-batches.
-
-    Args:
-        ratio: ``[B, T]`` ρ (detached inside); advantages ``[B]`` or ``[B, T]``; mask ``[B, T]``.
-        lam, center_value: λ and c of the step; the effective advantage is R²VPO's
-            A − 2λ(ρ − c). ``center_value=None``: the masked mean of ``ratio``.
-        stats: the step's global :class:`RatioStats` (merged over micro-batches, all-reduced
-            over ranks); if given, ``r2vpo/ratio_mean``, ``/ratio_max`` and ``/ratio_var``
-            come from it, the advantage diagnostics from the local tensors.
-        ratio_var: overrides ``r2vpo/ratio_var`` (e.g. the V̂ the dual step used).
-
-    Returns the keys of :meth:`RatioStats.to_metrics` except ``clip/frac`` and
-    ``ratio/pos_adv_above_clip_zeroed_tokens`` (only a clipping loss knows them: read them
-    from the loss's metrics or its ``_stats``).
-    """
-    mask = mask.bool()
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1).expand_as(ratio)
-    ratio = torch.where(mask, ratio.detach(), torch.ones_like(ratio))
-    advantages = torch.where(mask, advantages.detach().to(ratio.dtype), torch.zeros_like(ratio))
-    local = ratio_statistics(ratio, mask)
-    center = local.mean() if center_value is None else float(center_value)
-    effective_advantage = advantages - 2.0 * float(lam) * (ratio - center)
-    metrics = ratio_statistics(ratio, mask, advantages, effective_advantage, center=center).to_metrics()
-    del metrics["clip/frac"], metrics["ratio/pos_adv_above_clip_zeroed_tokens"]
-    if stats is not None:
-        metrics["r2vpo/ratio_mean"] = stats.mean()
-        metrics["r2vpo/ratio_max"] = stats.ratio_max if stats.num_tokens > 0 else 0.0
-        metrics["r2vpo/ratio_var"] = stats.variance()
-    if ratio_var is not None:
-        metrics["r2vpo/ratio_var"] = float(ratio_var)
-    return metrics

@@ -50,6 +50,13 @@ def penalty_slope(dev: torch.Tensor, kind: str = "quadratic", kappa: float = 0.5
     raise ValueError(f"variance_penalty must be one of {list(PENALTIES)}, got {kind!r}")
 
 
+def penalized_effective_advantage(advantages: torch.Tensor, ratio: torch.Tensor, center: torch.Tensor | float,
+                                  lam: float, kind: str, kappa: float) -> torch.Tensor:
+    """A − λ·φ'(ρ − c), detached: the effective advantage under a non-quadratic penalty (for
+    ``quadratic`` it is :func:`~r2vpo_ascend.algos.ratio.effective_advantage`, A − 2λ(ρ − c))."""
+    return advantages.detach() - float(lam) * penalty_slope(ratio.detach() - center, kind, kappa)
+
+
 def truncated_ratio(ratio: torch.Tensor, cap: float | None) -> torch.Tensor:
     """ρ with the value of ρ and the gradient of min(ρ, C)·∂logπ (``cap`` None: ρ itself).
 

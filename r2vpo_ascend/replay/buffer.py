@@ -1,19 +1,20 @@
-"""Replay buffer of past rollouts (R2VPO_SPEC.md "Replay buffer and re-weighting of stale data").
+"""Replay buffer of past rollouts (docs/algorithms.md "Replay buffer and re-weighting of stale data").
 
 Each :class:`Rollout` keeps the behaviour log-probs of the policy version that sampled it,
 so a replayed sample's ratio ρ = π_θ/μ_old is taken against its own sampler: the variance
 term then sees how far it has drifted (see ``reweighter.py`` and docs/algorithms.md).
 
-The trainer's step reads::
+The trainer's step (``R2VPOTrainer._run_step``) reads::
 
-    batch = mix_batch(fresh, buffer, replay_ratio, current_version)   # replay sampled first,
-    buffer.add(fresh)                                                  # so fresh ≠ replayed
+    replayed = buffer.sample(replay_count(len(fresh), replay_ratio), version)  # replay drawn first,
+    update(fresh + replayed)
+    buffer.add(fresh)                                                        # so fresh ≠ replayed
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -103,11 +104,6 @@ class ReplayBuffer:
         order = torch.randperm(len(self._rollouts), generator=self._generator)[:n].tolist()
         return [self._rollouts[i] for i in order]
 
-    def staleness_histogram(self, current_version: int) -> dict[int, int]:
-        """``{staleness: number of rollouts}``, sorted by staleness."""
-        counts = Counter(r.staleness(current_version) for r in self._rollouts)
-        return dict(sorted(counts.items()))
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume identically: rollouts (as dicts) and the RNG state.
         Plain Python values and tensors only (loads with ``weights_only=True``)."""
@@ -131,14 +127,3 @@ def replay_count(num_fresh: int, replay_ratio: float) -> int:
     if not 0.0 <= replay_ratio < 1.0:
         raise ValueError(f"replay_ratio must be in [0, 1), got {replay_ratio}")
     return math.floor(num_fresh * replay_ratio / (1.0 - replay_ratio) + 0.5 + 1e-9)  # round half up
-
-
-def mix_batch(fresh: list[Rollout], buffer: ReplayBuffer, replay_ratio: float, current_version: int) -> list[Rollout]:
-    """The update batch: all ``fresh`` rollouts, then replayed ones from ``buffer``.
-
-    ``replay_ratio`` r ∈ [0, 1) is the replayed share of the update batch, so
-    n_replay = round(len(fresh)·r/(1 − r)) (fewer if the buffer holds fewer). Call it
-    BEFORE ``buffer.add(fresh)`` so a fresh sample is not replayed in its own step.
-    """
-    n_replay = replay_count(len(fresh), replay_ratio)
-    return list(fresh) + (buffer.sample(n_replay, current_version) if n_replay else [])

@@ -2,7 +2,7 @@
 
 A replayed response's ratio ρ = π_θ / μ_old is taken against its own stored behaviour
 log-probs, so it carries the drift accumulated since it was sampled. In R²VPO its gradient
-is proportional to ρ·(A − 2λ(ρ − c)) (R2VPO_SPEC.md): samples still close to the current
+is proportional to ρ·(A − 2λ(ρ − c)) (docs/algorithms.md): samples still close to the current
 policy (ρ ≈ c) keep their full advantage, those that drifted get a shrunk, eventually
 reversed, effective advantage. Nothing is dropped; the re-weighting is continuous.
 
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import torch
 
+from r2vpo_ascend.algos.clip_losses import ppo_clipped_tokens
 from r2vpo_ascend.algos.numerics import check_finite
-from r2vpo_ascend.algos.ratio import ratio_statistics
+from r2vpo_ascend.algos.ratio import effective_advantage, ratio_statistics
 
 STALENESS_TAIL = 4          # staleness >= 4 shares one bucket, named "ge4"
 REFERENCE_CLIP_EPS = 0.2    # PPO-clip's ε, for the baselines' comparison
@@ -67,15 +68,14 @@ def replay_metrics(ratio: torch.Tensor, advantages: torch.Tensor, response_mask:
     overall = ratio_statistics(ratio, mask)
     center = overall.mean() if center_value is None else float(center_value)
     # R²VPO's effective advantage and the tokens a PPO clip (ε = 0.2) would silence.
-    effective_advantage = advantages - 2.0 * float(lam) * (ratio - center)
-    ppo_clipped = (((advantages > 0) & (ratio > 1.0 + REFERENCE_CLIP_EPS))
-                   | ((advantages < 0) & (ratio < 1.0 - REFERENCE_CLIP_EPS)))
+    effective_adv = effective_advantage(advantages, ratio, center, lam)
+    ppo_clipped = ppo_clipped_tokens(ratio, advantages, REFERENCE_CLIP_EPS, REFERENCE_CLIP_EPS)
 
     metrics: dict[str, float] = {}
     bucket_of_seq = staleness.clamp(max=STALENESS_TAIL)
     for bucket in sorted(set(bucket_of_seq.tolist())):
         bucket_mask = mask & (bucket_of_seq == bucket).unsqueeze(-1)
-        stats = ratio_statistics(ratio, bucket_mask, advantages, effective_advantage, clipped=ppo_clipped,
+        stats = ratio_statistics(ratio, bucket_mask, advantages, effective_adv, clipped=ppo_clipped,
                                  center=center)
         if stats.num_tokens == 0:
             continue
@@ -83,7 +83,7 @@ def replay_metrics(ratio: torch.Tensor, advantages: torch.Tensor, response_mask:
         bucket_metrics = stats.to_metrics()
         metrics.update({
             f"{prefix}/ratio_mean": stats.mean(),
-            f"{prefix}/ratio_var": stats.variance(),
+            f"{prefix}/ratio_var": stats.ratio_var(),
             f"{prefix}/ess": stats.ess,
             f"{prefix}/ess_frac": stats.ess_frac,
             f"{prefix}/eff_adv_flip_frac": bucket_metrics["r2vpo/eff_adv_flip_frac"],

@@ -9,8 +9,8 @@ line are parsed as YAML scalars and type-checked like the file.
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
 import re
 import types
 import typing
@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from r2vpo_ascend.algos.aggregation import LOSS_AGG_MODES
+from r2vpo_ascend.algos.dual import DUAL_MODES, check_dual_settings
 from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
+from r2vpo_ascend.algos.losses import CENTERS, PolicyLossConfig
+from r2vpo_ascend.algos.ratio import RATIO_LEVELS
+from r2vpo_ascend.algos.robust import DUAL_VARIANCES, PENALTIES
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -111,29 +116,29 @@ class R2VPOConfig:
                    "`gspo`, or any name added with `register_policy_loss`.")
     advantage: str = _f("grpo", "Advantage estimator: `grpo`, `dr_grpo`, `rloo`.", ("grpo", "dr_grpo", "rloo"))
     ratio_level: str = _f("token", "R²VPO ratio: per `token`, or per `sequence` (geometric mean, as GSPO).",
-                          ("token", "sequence"))
-    center: str = _f("mean", "Centre c of the variance term: batch mean of ρ (`mean`) or 1 (`one`).", ("mean", "one"))
+                          RATIO_LEVELS)
+    center: str = _f("mean", "Centre c of the variance term: batch mean of ρ (`mean`) or 1 (`one`).", CENTERS)
     loss_agg: str = _f("token-mean", "Loss aggregation: `token-mean` (DAPO), `seq-mean-token-mean` (GRPO), "
                        "`seq-mean-token-sum`, `seq-mean-token-sum-norm` (Dr. GRPO).",
-                       ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
+                       LOSS_AGG_MODES)
     init_lambda: float = _f(1.0, "Initial Lagrange multiplier λ of the ratio-variance constraint.")
     ratio_var_target: float = _f(0.05, "δ: the bound on the ratio variance V̂ (a default, tune per task).")
     dual_lr: float = _f(0.5, "η_λ: step size of the dual update of λ.")
     dual_update: str = _f("additive", "λ update: `additive` (the spec), `multiplicative`, `none` (fixed λ ablation), "
                           "`normalized` (additive on (V̂ − δ)/δ, so dual_lr means the same at any δ) or `pid` (PID "
                           "Lagrangian, Stooke et al. 2020, on (V̂ − δ)/δ; K_I = dual_lr, K_P = dual_kp, K_D = dual_kd). "
-                          "See docs/algorithms.md.", ("additive", "multiplicative", "none", "normalized", "pid"))
+                          "See docs/algorithms.md.", DUAL_MODES)
     dual_kp: float = _f(1.0, "K_P of `dual_update: pid` (λ per unit of relative violation (V̂ − δ)/δ).")
     dual_kd: float = _f(0.0, "K_D of `dual_update: pid` (on the rise of the relative violation).")
     dual_variance: str = _f("spec", "V̂ the dual step reads: `spec` (the loss's Σm(ρ − c)²/n), `winsorized` (each "
                             "(ρ − c) clipped to ±dual_variance_clip first, so a few outlier tokens cannot make one "
                             "step's V̂ 10⁴× its usual value), or `log_ratio` (M2PO's second moment Σm(log ρ)²/n, "
-                            "Zheng et al. 2025). The loss's penalty is unchanged.", ("spec", "winsorized", "log_ratio"))
+                            "Zheng et al. 2025). The loss's penalty is unchanged.", DUAL_VARIANCES)
     dual_variance_clip: float = _f(1.0, "κ of `dual_variance: winsorized`: the largest |ρ − c| one token counts with.")
     variance_penalty: str = _f("quadratic", "Penalty of the primal loss on each (ρ − c): `quadratic` (the spec, "
                                "λ·(ρ − c)², gradient grows with the deviation) or `huber` (quadratic for |ρ − c| ≤ "
                                "penalty_huber_kappa, linear beyond, so one outlier's pull is bounded by 2λκ·ρ).",
-                               ("quadratic", "huber"))
+                               PENALTIES)
     penalty_huber_kappa: float = _f(0.5, "κ of `variance_penalty: huber`.")
     ratio_grad_cap: float | None = _f(None, "Truncated importance weight C (TIS, Yao et al. 2025; V-trace's ρ̄, "
                                       "Espeholt et al. 2018): a token's gradient weight is min(ρ, C) instead of ρ "
@@ -148,6 +153,10 @@ class R2VPOConfig:
                                     "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
     clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
                                      "`clip_higher` (DAPO), 4e-4 for `gspo`.")
+    max_response_length: int | None = _f(None, "L, the constant length normaliser of `loss_agg: "
+                                         "seq-mean-token-sum-norm` (Dr. GRPO); default: `max_new_tokens`.")
+    dual_clip: float | None = _f(None, "Dual-clip bound c > 1 of the clipping baselines: the loss of an A < 0 "
+                                 "token is capped at −c·A (tokens with ρ > c get no gradient). None: off.")
     grad_split_every: int = _f(0, "Every N RL steps, log the split of the R²VPO gradient in parameter space "
                                "(grad_param/*: advantage vs variance term, their cosine, the top-1% tokens' share; "
                                "one more forward and three backwards of a mini-batch). 0: off. The per-token split "
@@ -241,28 +250,27 @@ class R2VPOConfig:
             raise ConfigError(f"config field `collective_timeout_s` must be > 0 seconds, got {self.collective_timeout_s}")
         if self.temperature <= 0:
             raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
-        if self.ratio_var_target <= 0:
-            raise ConfigError(f"config field `ratio_var_target` (δ) must be > 0, got {self.ratio_var_target}")
-        if self.dual_step_max is not None and not (math.isfinite(self.dual_step_max) and self.dual_step_max > 0):
-            raise ConfigError(f"config field `dual_step_max` must be > 0 (or null), got {self.dual_step_max}")
-        for name in ("dual_variance_clip", "penalty_huber_kappa"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ConfigError(f"config field `{name}` must be > 0, got {getattr(self, name)}")
-        if self.ratio_grad_cap is not None and not (math.isfinite(self.ratio_grad_cap) and self.ratio_grad_cap >= 1):
-            raise ConfigError(f"config field `ratio_grad_cap` must be >= 1 (or null), got {self.ratio_grad_cap}")
-        if self.dual_kp < 0 or self.dual_kd < 0:
-            raise ConfigError(f"config fields `dual_kp`/`dual_kd` must be >= 0, got {self.dual_kp}/{self.dual_kd}")
-        if self.dual_update == "pid" and self.dual_lr <= 0:
-            raise ConfigError("config field `dual_lr` (K_I of `dual_update: pid`) must be > 0")
-        if self.lambda_min < 0 or self.lambda_max < self.lambda_min:
-            raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
-                              f"got {self.lambda_min}/{self.lambda_max}")
+        self.policy_loss_config()  # the loss and dual settings are validated where they are used
+        check_dual_settings(self.init_lambda, self.ratio_var_target, self.dual_lr, self.dual_update,
+                            self.lambda_max, self.lambda_min, self.dual_step_max, kp=self.dual_kp, kd=self.dual_kd)
+        if not (math.isfinite(self.dual_variance_clip) and self.dual_variance_clip > 0):
+            raise ConfigError(f"config field `dual_variance_clip` must be > 0, got {self.dual_variance_clip}")
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             raise ConfigError(f"config field `resume`: checkpoint path {self.resume!r} does not exist")
         unknown = set(self.report_to) - {"jsonl", "tensorboard", "wandb"}
         if unknown:
             raise ConfigError(f"config field `report_to`: unknown logger(s) {sorted(unknown)}; "
                               "choose from jsonl, tensorboard, wandb")
+
+    def policy_loss_config(self) -> PolicyLossConfig:
+        """The loss contract of this run (validated on construction); L of Dr. GRPO defaults to
+        `max_new_tokens`, the longest response, so it is the same for every micro-batch."""
+        return PolicyLossConfig(
+            ratio_level=self.ratio_level, center=self.center, loss_agg=self.loss_agg,
+            clip_eps_low=self.clip_eps_low, clip_eps_high=self.clip_eps_high, dual_clip=self.dual_clip,
+            max_response_length=self.max_new_tokens if self.max_response_length is None else self.max_response_length,
+            variance_penalty=self.variance_penalty, penalty_huber_kappa=self.penalty_huber_kappa,
+            ratio_grad_cap=self.ratio_grad_cap)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod

@@ -27,23 +27,23 @@ from r2vpo_ascend.algos import compute_policy_loss
 from r2vpo_ascend.algos.robust import TOP_FRACTION
 
 
-def param_space_split(engine, config, chunks, *, lam: float, reduction) -> dict[str, float]:
+def param_space_split(engine, config, loss_config, chunks, *, lam: float, reduction) -> dict[str, float]:
     """The metrics above for one mini-batch; ``chunks``: (batch, mask, old_log_probs, advantages)."""
     params = [p for p in engine.model.parameters() if p.requires_grad]
     parts = [[torch.zeros_like(p, dtype=torch.float32) for p in params] for _ in range(3)]  # adv, var, top
     for batch, mask, old, advantages in chunks:
         log_probs, _ = engine.log_probs(batch, temperature=config.temperature)
         mask = mask.to(log_probs.device)
-        pg, _ = compute_policy_loss(config.loss, log_probs, old.to(log_probs.device), advantages.to(log_probs.device),
-                                    mask, config, lam=0.0, reduction=reduction)
-        full, metrics = compute_policy_loss(config.loss, log_probs, old.to(log_probs.device),
-                                            advantages.to(log_probs.device), mask, config, lam=lam,
-                                            reduction=reduction)
+        pg = compute_policy_loss(config.loss, log_probs, old.to(log_probs.device), advantages.to(log_probs.device),
+                                 mask, loss_config, lam=0.0, reduction=reduction).loss
+        out = compute_policy_loss(config.loss, log_probs, old.to(log_probs.device), advantages.to(log_probs.device),
+                                  mask, loss_config, lam=lam, reduction=reduction)
+        full = out.loss
         g_adv = torch.autograd.grad(pg, log_probs, retain_graph=True)[0]
         g_full = torch.autograd.grad(full, log_probs, retain_graph=True)[0]
         g_var = g_full - g_adv
         top = _top_mask(log_probs.detach(), old.to(log_probs.device), mask.bool(),
-                        metrics["_stats"].center_value())
+                        out.stats.center_value())
         for acc, grad_out in zip(parts, (g_adv, g_var, g_full * top)):
             grads = torch.autograd.grad(log_probs, params, grad_outputs=grad_out, retain_graph=True,
                                         allow_unused=True)

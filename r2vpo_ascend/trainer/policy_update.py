@@ -7,7 +7,7 @@ mini-batch's GLOBAL token and sequence counts (summed over ranks), so the accumu
 gradient is that of the loss on the whole mini-batch, whatever the micro-batch split or the
 number of ranks. The variance centre c is the global mean ratio: computed inside the loss
 when a mini-batch is one micro-batch per rank, else by a no-grad pre-pass. After each
-optimiser step the dual variable λ takes one step on the global V̂ (R2VPO_SPEC "Dual step").
+optimiser step the dual variable λ takes one step on the global V̂ (docs/algorithms.md "Dual step").
 
 With several processes each rank passes its share of the update batch and each sample's
 position in the global batch. The mini-batch split is drawn over global positions, so mini-
@@ -19,12 +19,12 @@ and, under ZeRO-3, the weight all-gathers of its forward and backward).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import torch
 
-from r2vpo_ascend.algos import DualController, LossReduction, compute_policy_loss, kl_penalty, policy_ratio
+from r2vpo_ascend.algos import (DualController, LossReduction, RatioStats, aggregate, compute_policy_loss, kl_penalty,
+                                policy_ratio)
 from r2vpo_ascend.algos.robust import dual_variance_sums, gradient_split
 from r2vpo_ascend.replay import Rollout, replay_metrics
 from r2vpo_ascend.replay.reweighter import STALENESS_TAIL, staleness_bucket_name
@@ -36,10 +36,11 @@ from r2vpo_ascend.trainer.param_split import param_space_split
 class PolicyUpdater:
     def __init__(self, engine, config: R2VPOConfig, dual: DualController, *, pad_id: int):
         self.engine, self.config, self.dual, self.pad_id = engine, config, dual, pad_id
+        self.loss_config = config.policy_loss_config()
         # With one optimiser step per RL step, the first forward of the update runs at the very
         # weights that sampled the fresh responses: its detached log-probs ARE the behaviour
         # log-probs, so the separate no-grad pass is skipped (same numbers, a third less compute).
-        self.fills_behaviour_log_probs = config.updates_per_step == 1 and getattr(config, "ppo_epochs", 1) == 1
+        self.fills_behaviour_log_probs = config.updates_per_step == 1 and config.ppo_epochs == 1
         self.ref_model = None
         if config.kl_coef > 0:  # an engine that partitions its weights (ZeRO-3) keeps a full copy for this
             self.ref_model = engine.frozen_copy()
@@ -63,7 +64,6 @@ class PolicyUpdater:
         the batch order.
         """
         cfg, engine = self.config, self.engine
-        self._current_version = current_version
         world = engine.world_size
         if positions is None:
             if world > 1:
@@ -81,11 +81,10 @@ class PolicyUpdater:
         # parameter-space split (param_split.py): first optimiser step of RL steps N, 2N, ... (step = version + 1)
         self._param_split_due = bool(every) and cfg.loss == "r2vpo" and (current_version + 1) % every == 0 and \
             getattr(engine, "zero_stage", 0) != 3
-        per_step, lam_before = [], self.dual.lam
-        largest_change = 0.0
-        for epoch in range(getattr(cfg, "ppo_epochs", 1)):
+        per_step, lam_before, largest_change = [], self.dual.lam, 0.0
+        for epoch in range(cfg.ppo_epochs):
             # One shuffle of the GLOBAL batch per pass (mixes fresh and replayed), cut into
-            # mini-batches; epoch 0 draws exactly the single-pass order of earlier versions.
+            # mini-batches; pass 0 draws exactly the single-pass order.
             order = list(range(num_global))
             random.Random(cfg.seed * 1_000_003 + current_version + epoch * 7_919).shuffle(order)
             minis = [[local[p] for p in order[i::cfg.updates_per_step] if p in local]
@@ -113,66 +112,62 @@ class PolicyUpdater:
         return [int(c) for c in self.engine.all_reduce_sum(table).max(dim=0).values.tolist()]
 
     def _optimizer_step(self, mini: list[Rollout], current_version: int, num_micro: int) -> dict:
-        cfg, engine = self.config, self.engine
+        cfg, engine, loss_config = self.config, self.engine, self.loss_config
         micro = list(_chunks(mini, cfg.micro_batch_size))
-        micro += [[self._padding_row()] for _ in range(num_micro - len(micro))]
+        micro += [[self._padding_row(current_version)] for _ in range(num_micro - len(micro))]
         counts = engine.all_reduce_sum(torch.tensor([float(sum(len(r.response_ids) for r in mini)),
                                                      float(len(mini))], dtype=torch.float64))
         n_tokens, n_seqs = counts.tolist()
         center = None
         if cfg.center == "mean" and num_micro > 1:
-            center = self._global_ratio_mean(micro)
+            center = self._global_ratio_mean(micro, current_version)
         lam = self.dual.lam
         reduction = LossReduction(global_tokens=n_tokens, global_seqs=n_seqs, center_value=center,
-                                  all_reduce=engine.all_reduce_sum if engine.world_size > 1 else None)
-        stats, kept = None, []
-        sums = {"loss/policy": 0.0}  # already global (the loss all-reduces its metrics)
+                                  all_reduce=engine.all_reduce_sum if engine.world_size > 1 else None,
+                                  world_size=engine.world_size, rank=engine.rank)
+        stats: RatioStats | None = None
+        kept = []
+        terms: dict[str, float] = {}  # already global (the loss all-reduces them)
         local = {"entropy/mean": 0.0}  # this rank's partial sums: all-reduced below
         if self.ref_model is not None:
             local["kl/ref"] = 0.0
         for chunk in micro:
-            tensors = self._tensors(chunk)
+            tensors = self._tensors(chunk, current_version)
             log_probs, entropy = engine.log_probs(tensors["batch"], temperature=cfg.temperature, with_entropy=True)
             mask = tensors["mask"].to(log_probs.device)
             old = self._old_log_probs(chunk, log_probs, tensors["T"]).to(log_probs.device)
             advantages = tensors["advantages"].to(log_probs.device)
-            loss, m = compute_policy_loss(cfg.loss, log_probs, old, advantages, mask, cfg, lam=lam,
-                                          reduction=reduction)
-            stats = m["_stats"] if stats is None else stats.merge(m["_stats"])
-            for key in m:  # loss terms are partial sums of the global loss: they add up
-                if key.startswith(("loss/", "r2vpo/pg_loss", "r2vpo/var_penalty")):
-                    sums[key] = sums.get(key, 0.0) + float(m[key])
+            out = compute_policy_loss(cfg.loss, log_probs, old, advantages, mask, loss_config, lam=lam,
+                                      reduction=reduction)
+            stats = out.stats if stats is None else stats.merge(out.stats)
+            for key, value in out.terms.items():  # partial sums of the global loss: they add up
+                terms[key] = terms.get(key, 0.0) + value
+            loss = out.loss
+            # The logged entropy is a token mean whatever `loss_agg`; the bonus and the KL term
+            # aggregate like the policy loss (same global denominators, same L).
             local["entropy/mean"] += float((entropy.detach() * mask).sum()) / n_tokens
             if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * (entropy * mask).sum() / n_tokens
+                loss = loss - cfg.entropy_coef * self._aggregate(entropy, mask, reduction)
             if self.ref_model is not None:
                 kl = kl_penalty(log_probs, self._ref_log_probs(tensors["batch"]).to(log_probs.device),
                                 kind=cfg.kl_estimator)
-                kl_term = (kl * mask).sum() / n_tokens
+                kl_term = self._aggregate(kl, mask, reduction)
                 local["kl/ref"] += float(kl_term.detach())
                 loss = loss + cfg.kl_coef * kl_term
             engine.backward(loss)
             if not chunk[0].extras.get("padding"):
-                ratio = policy_ratio(log_probs.detach(), old, mask.bool(), cfg.ratio_level)
-                kept.append((ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
+                kept.append((out.ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
         param_split = {}
         if self._param_split_due:  # at the weights of this step's gradient (autograd.grad leaves .grad alone)
             self._param_split_due = False
             chunks = [(t["batch"], t["mask"], pad_right([r.old_log_probs for r in c], t["T"]), t["advantages"])
-                      for c in micro for t in [self._tensors(c)]]
-            param_split = param_space_split(engine, cfg, chunks, lam=lam, reduction=reduction)
+                      for c in micro for t in [self._tensors(c, current_version)]]
+            param_split = param_space_split(engine, cfg, loss_config, chunks, lam=lam, reduction=reduction)
         grad_norm = engine.step()
         dual_var = self._dual_variance(stats, kept)  # global V̂ (or its robust variant) over the mini-batch
         self.dual.update(dual_var)                    # the dual step: identical λ on every rank
-
-        if engine.world_size > 1:  # one collective: the partial sums, and each rank's max ρ in its own slot
-            slots = torch.zeros(engine.world_size, dtype=torch.float64)
-            slots[engine.rank] = stats.ratio_max
-            summed = engine.all_reduce_sum(torch.cat([torch.tensor(list(local.values()), dtype=torch.float64),
-                                                      slots]))
-            local = dict(zip(local, summed[:len(local)].tolist()))
-            stats = dataclasses.replace(stats, ratio_max=float(summed[len(local):].max()))
-        metrics = {**sums, **local, **stats.to_metrics(), **param_split, "grad_norm": grad_norm,
+        local = dict(zip(local, reduction.sum(torch.tensor(list(local.values()), dtype=torch.float64)).tolist()))
+        metrics = {**terms, **local, **stats.to_metrics(), **param_split, "grad_norm": grad_norm,
                    "r2vpo/dual_ratio_var": dual_var}
         if kept:  # replay and gradient diagnostics are over this rank's share (reweighter.py)
             ratio, advantages, mask, staleness = _concat(kept)
@@ -182,12 +177,12 @@ class PolicyUpdater:
                 metrics.update(self._gradient_split(ratio, advantages, mask, staleness, lam, stats.center_value()))
         return metrics
 
-    def _dual_variance(self, stats, kept: list) -> float:
+    def _dual_variance(self, stats: RatioStats, kept: list) -> float:
         """The V̂ the dual step reads: the loss's (``dual_variance: spec``) or a robust variant,
         summed over this rank's tokens and all-reduced (algos/robust.py)."""
         cfg = self.config
         if cfg.dual_variance == "spec":
-            return stats.variance()
+            return stats.ratio_var()
         sums = torch.zeros(2, dtype=torch.float64)
         for ratio, _, mask, _ in kept:
             sums += dual_variance_sums(ratio, mask, stats.center_value(), cfg.dual_variance, cfg.dual_variance_clip)
@@ -214,21 +209,23 @@ class PolicyUpdater:
                 out.update({f"{prefix}/var_share": part["var_share"], f"{prefix}/top1pct_share": part["top_share"]})
         return out
 
+    def _aggregate(self, values: torch.Tensor, mask: torch.Tensor, reduction: LossReduction) -> torch.Tensor:
+        """A per-token term aggregated like the policy loss (`loss_agg`, global denominators, L)."""
+        return aggregate(values, mask, self.loss_config.loss_agg, reduction,
+                         max_response_length=self.loss_config.max_response_length)
+
     # ---- helpers -------------------------------------------------------------------------
-    def _padding_row(self) -> Rollout:
+    def _padding_row(self, current_version: int) -> Rollout:
         """A one-token prompt with an empty response: its mask is all zero, so it adds nothing to
         the loss, the counts or the gradient, but its forward/backward joins the collectives."""
         return Rollout(prompt_ids=[self.pad_id], response_ids=[], old_log_probs=torch.zeros(0), reward=0.0,
-                       advantage=0.0, version=self._current_version, group_id=-1, extras={"padding": True})
+                       advantage=0.0, version=current_version, group_id=-1, extras={"padding": True})
 
-    def _tensors(self, chunk: list[Rollout]) -> dict:
+    def _tensors(self, chunk: list[Rollout], current_version: int) -> dict:
         batch = collate([r.prompt_ids for r in chunk], [r.response_ids for r in chunk], self.pad_id)
         return {"batch": batch, "mask": batch.response_mask, "T": batch.response_ids.shape[1],
                 "advantages": torch.tensor([r.advantage for r in chunk], dtype=torch.float32),
-                "staleness": torch.tensor([self._staleness(r) for r in chunk], dtype=torch.long)}
-
-    def _staleness(self, r: Rollout) -> int:
-        return self._current_version - r.version
+                "staleness": torch.tensor([r.staleness(current_version) for r in chunk], dtype=torch.long)}
 
     def _old_log_probs(self, chunk: list[Rollout], log_probs: torch.Tensor, width: int) -> torch.Tensor:
         """Stored behaviour log-probs; fresh rollouts without them take this forward's (see __init__)."""
@@ -238,10 +235,10 @@ class PolicyUpdater:
         return pad_right([r.old_log_probs for r in chunk], width)
 
     @torch.no_grad()
-    def _global_ratio_mean(self, micro: list[list[Rollout]]) -> float:
+    def _global_ratio_mean(self, micro: list[list[Rollout]], current_version: int) -> float:
         sums = torch.zeros(2, dtype=torch.float64)  # Σ m·ρ, Σ m
         for chunk in micro:
-            tensors = self._tensors(chunk)
+            tensors = self._tensors(chunk, current_version)
             log_probs, _ = self.engine.log_probs(tensors["batch"], temperature=self.config.temperature)
             mask = tensors["mask"].to(log_probs.device).bool()
             old = self._old_log_probs(chunk, log_probs, tensors["T"]).to(log_probs.device)
