@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.report import late_accuracy, mean_std, read_run, rollouts_to_level
+from experiments.report import HAND_WRITTEN, late_accuracy, mean_std, read_run, rollouts_to_level
 
 DIAG_MEAN = ("grad/top1pct_share", "grad/var_share", "grad/top1pct_var_share", "r2vpo/lambda", "clip/frac",
              "r2vpo/ratio_var", "r2vpo/dual_ratio_var")
@@ -142,5 +142,8 @@ def build_report(out: Path, report_path: Path) -> dict:
     summary = summarise(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(markdown(summary))
+    # the text after the HAND_WRITTEN marker (the diagnosis) survives a rebuild, as in docs/results.md
+    old = report_path.read_text() if report_path.exists() else ""
+    kept = old.split(HAND_WRITTEN, 1)[1] if HAND_WRITTEN in old else "\n"
+    report_path.write_text(markdown(summary) + "\n" + HAND_WRITTEN + kept)
     return summary

@@ -92,6 +92,9 @@ def test_report_from_finished_runs_lists_missing_ones_and_runs_are_cached(tmp_pa
     assert {r["task"] for r in rows} == {"easy", "sequence"}
     text = (tmp_path / "report.md").read_text()
     assert "`ppo_clip` seeds [0]" in text and "| `spec`" in text
+    (tmp_path / "report.md").write_text(text + "my diagnosis\n")
+    build_report(tmp_path, tmp_path / "report.md")
+    assert (tmp_path / "report.md").read_text().endswith("my diagnosis\n")  # hand-written part kept
     # a finished run with the same config is skipped by execute_run (the paper-claims cache)
     from experiments.paper_claims import _config_hash, execute_run
     (spec.run_dir / "done.json").write_text(json.dumps({"config_hash": _config_hash(spec.config), "rc": 0}))
