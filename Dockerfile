@@ -65,7 +65,7 @@ RUN if [ "${VARIANT}" = "ascend" ]; then \
         python3 -m pip install "vllm==${VLLM_VERSION}"; \
     fi
 
-# >= 0.19.8: the engine needs unmanaged gradient accumulation (trainer/deepspeed_engine.py).
+# >= 0.19.8: the engine needs unmanaged gradient accumulation (r2vpo_ascend/engines/deepspeed.py).
 RUN python3 -m pip install "deepspeed==${DEEPSPEED_VERSION}"
 
 # This package (not editable), with the launch scripts and configs next to it.

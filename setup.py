@@ -25,7 +25,7 @@ extras = {
     "plot": ["matplotlib>=3.7"],
     "data": ["datasets>=3", "pyarrow"],
     "tracking": ["tensorboard", "wandb"],
-    # DeepSpeed >= 0.19.8: unmanaged gradient accumulation (see r2vpo_ascend/trainer/deepspeed_engine.py);
+    # DeepSpeed >= 0.19.8: unmanaged gradient accumulation (see r2vpo_ascend/engines/deepspeed.py);
     # accelerate: transformers' HfDeepSpeedConfig (ZeRO-3 generation) requires it.
     "cuda": ["deepspeed>=0.19.8", "accelerate>=1.1", "vllm>=0.10"],
     # vllm-ascend and MindSpeed come from Ascend's own channels (see docs/ascend.md):

@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     from r2vpo_ascend.algos import LossReduction, compute_policy_loss
     from r2vpo_ascend.trainer.batch import TokenBatch
     from r2vpo_ascend.trainer.config import R2VPOConfig
-    from r2vpo_ascend.trainer.engine import NativeEngine
+    from r2vpo_ascend.engines import NativeEngine
 
     backend = device.get_backend("cpu") if args.device == "cpu" else device.current()
     dev, dtype = backend.device, DTYPES[args.dtype]

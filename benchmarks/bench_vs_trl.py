@@ -10,7 +10,7 @@ Needs TRL: `pip install -c constraints-cpu.txt trl==1.16.0` (keeps the CPU torch
 Both trainers get the same thing:
 - model: `build_tiny_model(build_char_tokenizer(), seed=--seed)` (random init, fp32), built
   fresh in each case's process; the same torch thread count (`--threads`);
-- data: the built-in arithmetic prompts (`prompt_records`, the default arithmetic config), and
+- data: the built-in arithmetic prompts (`config_records`, the default arithmetic config), and
   the same exact-match `ArithmeticReward` on the `answer` column;
 - a setting PxGxL: P prompts per optimiser step, G completions per prompt, and exactly L new
   tokens per completion: `min_new_tokens = max_new_tokens = L` on both sides (ours through
@@ -67,9 +67,9 @@ def _records(seed: int) -> list[dict]:
     """The built-in arithmetic training prompts (default arithmetic config)."""
     from r2vpo_ascend import R2VPOConfig
     from r2vpo_ascend.models.tokenizer import build_char_tokenizer
-    from r2vpo_ascend.trainer.setup import prompt_records
+    from r2vpo_ascend.trainer.setup import config_records
 
-    return prompt_records(R2VPOConfig(seed=seed, eval_every=0), build_char_tokenizer(), split="train")
+    return config_records(R2VPOConfig(seed=seed, eval_every=0), build_char_tokenizer(), split="train")
 
 
 def _model(seed: int):

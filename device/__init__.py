@@ -60,7 +60,6 @@ __all__ = [
     "hardware_versions",
     "init_distributed",
     "prepare_runtime_env",
-    "remove_fused_patches",
     "reset_current",
 ]
 
@@ -97,13 +96,6 @@ def apply_fused_patches(backend: Backend, ops_module: Any = None) -> list[str]:
     from device.npu_patches import apply_npu_patches
 
     return apply_npu_patches(ops_module=ops_module)
-
-
-def remove_fused_patches() -> None:
-    """Undo `apply_fused_patches` (safe when nothing was patched)."""
-    from device.npu_patches import remove_npu_patches
-
-    remove_npu_patches()
 
 
 def __getattr__(name: str):

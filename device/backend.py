@@ -19,7 +19,7 @@ import resource
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -96,9 +96,6 @@ class Backend:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
 
-    def empty_cache(self) -> None:
-        """Return cached device memory to the driver (nothing to return on CPU)."""
-
     def manual_seed(self, seed: int) -> None:
         """Seed python `random`, numpy (if installed), torch and the device generator."""
         random.seed(seed)
@@ -136,16 +133,6 @@ class Backend:
             )
             return
         self._set_device_rng_state(state["device"])
-
-    def autocast(self, dtype: torch.dtype | None = None, enabled: bool = True) -> ContextManager:
-        """Mixed-precision context for this device; `dtype` defaults to `default_dtype`.
-
-        float32 (the CPU default) means no autocast at all.
-        """
-        dtype = dtype or self.default_dtype
-        if not enabled or dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=dtype)
 
     def describe(self) -> str:
         return f"{self.name} ({self.device_count()} device(s), collectives: {self.dist_backend})"
@@ -204,9 +191,6 @@ class AcceleratorBackend(Backend):
 
     def reset_peak_memory_stats(self) -> None:
         self._module.reset_peak_memory_stats(self.device.index)
-
-    def empty_cache(self) -> None:
-        self._module.empty_cache()
 
     def manual_seed(self, seed: int) -> None:
         super().manual_seed(seed)

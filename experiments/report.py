@@ -19,18 +19,15 @@ Definitions (also stated in the report):
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import statistics
 import time
 from pathlib import Path
 
-import yaml
-
-LATE_WINDOW = 5
-HAND_WRITTEN = "<!-- everything below this line is hand-written and kept when the report is rebuilt -->"
-SMOOTH_STEPS = 5   # rolling mean of per-step diagnostics in the figures
+from experiments.report_data import late_accuracy, read_run, read_run_cached  # noqa: F401 (read_run: paper_claims)
+from experiments.report_figures import write_figures
+from experiments.report_markdown import write_markdown
 
 # Per-step diagnostics summarised per arm (mean over the steps where the metric exists).
 DIAG_KEYS = ["r2vpo/lambda", "r2vpo/ratio_var", "r2vpo/ratio_max", "r2vpo/eff_adv_flip_frac", "replay/ess_frac",
@@ -48,36 +45,6 @@ PAIRS = [  # (A, B): is A better than B?
 
 
 # ---- one run --------------------------------------------------------------------------------------
-def read_run(run_dir: str | Path) -> dict:
-    """Evaluations [(step, rollouts, accuracy)], per-step records (step > 0) and the config."""
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    evals = [(r["step"], r.get("rollouts", 0), r["eval/accuracy"]) for r in records
-             if isinstance(r.get("eval/accuracy"), (int, float))]
-    if not evals:
-        raise ValueError(f"{run_dir}: no evaluation in metrics.jsonl")
-    steps = [r for r in records if r["step"] > 0]
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    done_path = run_dir / "done.json"
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    return {"evals": evals, "steps": steps, "config": config, "wall_s": done.get("wall_s")}
-
-
-@functools.lru_cache(maxsize=None)
-def read_run_cached(run_dir: Path) -> dict:
-    """`read_run`, each run parsed once per report build (`build_report` clears it); read-only."""
-    return read_run(run_dir)
-
-
-def late_accuracy(evals: list, window: int = LATE_WINDOW) -> float:
-    accs = [a for step, _, a in evals if step > 0] or [evals[-1][2]]
-    return statistics.fmean(accs[-window:])
-
-
 def _stat_of(steps: list, key: str, stat=statistics.fmean):
     """`stat` (default: the mean) of `key` over the steps where it is a number; None if none."""
     values = [r[key] for r in steps if isinstance(r.get(key), (int, float))]
@@ -285,8 +252,6 @@ def _claims(per_task: dict, arms: list) -> dict:
 
 
 def build_report(out_dir: Path, report_path: Path, figures_dir: Path) -> dict:
-    from experiments.report_figures import write_figures     # they import this module's helpers
-    from experiments.report_markdown import write_markdown
     out_dir = Path(out_dir)
     try:  # summarise and the figures share each run's parsed metrics.jsonl
         summary = summarise(out_dir)

@@ -8,7 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
-from experiments.report import SMOOTH_STEPS, read_run_cached
+from experiments.report_data import SMOOTH_STEPS, read_run_cached
 
 # ---- figures ------------------------------------------------------------------------------------------
 def _plt():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from experiments.report import HAND_WRITTEN, LATE_WINDOW
+from experiments.report_data import HAND_WRITTEN, LATE_WINDOW
 
 # ---- markdown ---------------------------------------------------------------------------------------
 def _pct(x, digits=1):

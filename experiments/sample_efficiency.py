@@ -149,7 +149,7 @@ def build_plan(stage: str, tasks: list, arms: list, seeds: int | None, steps: in
 
 def stage_b_picks(out: Path, task: str, arms: list) -> dict:
     """arm -> the stage-B overrides with the best late validation accuracy (on `task`)."""
-    from experiments.report import late_accuracy, read_run
+    from experiments.report_data import late_accuracy, read_run
     picks = {}
     for arm in arms:
         best = None

@@ -19,7 +19,8 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.report import HAND_WRITTEN, late_accuracy, mean_std, read_run, rollouts_to_level
+from experiments.report import mean_std, rollouts_to_level
+from experiments.report_data import HAND_WRITTEN, late_accuracy, read_run
 
 DIAG_MEAN = ("grad/top1pct_share", "grad/var_share", "grad/top1pct_var_share", "r2vpo/lambda", "clip/frac",
              "r2vpo/ratio_var", "r2vpo/dual_ratio_var")

@@ -63,7 +63,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from r2vpo_ascend.evaluation.bench import main_from_args
+    from r2vpo_ascend.eval_command import main_from_args
     return main_from_args(args)
 
 

@@ -234,7 +234,7 @@ def _update_case(rank, out: Path) -> dict:
     import device
     from r2vpo_ascend.models.tiny import build_tiny_model
     from r2vpo_ascend.models.tokenizer import build_char_tokenizer
-    from r2vpo_ascend.trainer.engine import NativeEngine
+    from r2vpo_ascend.engines import NativeEngine
     config = update_config(str(out / "unused"))
     model = build_tiny_model(build_char_tokenizer(), seed=0)
     dist = device.dist_info() if rank is not None else None
@@ -320,8 +320,8 @@ def deepspeed_worker(rank: int, port: int, out_dir: str) -> None:
     import device
     from r2vpo_ascend.models.tiny import build_tiny_model
     from r2vpo_ascend.models.tokenizer import build_char_tokenizer
-    from r2vpo_ascend.trainer.deepspeed_engine import DeepSpeedEngine
-    from r2vpo_ascend.trainer.engine import NativeEngine
+    from r2vpo_ascend.engines.deepspeed import DeepSpeedEngine
+    from r2vpo_ascend.engines import NativeEngine
     join_group(rank, 2, port)
     out = Path(out_dir)
     paths = zero_configs(out)

@@ -21,7 +21,7 @@ if importlib.util.find_spec("deepspeed") is None:  # importorskip without paying
 
 import _mp_helpers as helpers
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.deepspeed_engine import DeepSpeedEngine, build_deepspeed_config
+from r2vpo_ascend.engines.deepspeed import DeepSpeedEngine, build_deepspeed_config
 from r2vpo_ascend.trainer.loggers import MissingExtraError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -136,7 +136,7 @@ def test_hardware_versions_reports_without_importing():
     assert "cann" in versions and all(v is None or isinstance(v, str) for v in versions.values())
 
 
-# --- RNG, memory, autocast ---------------------------------------------------------------
+# --- RNG, memory -------------------------------------------------------------------------
 
 
 def _draws():
@@ -178,16 +178,6 @@ def test_memory_stats_report_process_memory_in_gib():
     assert 0 < stats["allocated_gb"] <= stats["max_allocated_gb"] + 1e-3
     assert stats["max_allocated_gb"] < backend.max_memory_gb()
     backend.synchronize()
-    backend.empty_cache()
-
-
-def test_autocast_is_off_for_float32_and_on_for_bfloat16():
-    backend = device.current()
-    a = torch.randn(4, 4)
-    with backend.autocast():
-        assert (a @ a).dtype == torch.float32
-    with backend.autocast(torch.bfloat16):
-        assert (a @ a).dtype == torch.bfloat16
 
 
 # --- torch.distributed -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 from r2vpo_ascend.rewards import ArithmeticReward
 from r2vpo_ascend.rollout import Generation, SamplingConfig
 from r2vpo_ascend.trainer.config import ConfigError
-from r2vpo_ascend.trainer.evaluation import evaluate
+from r2vpo_ascend.evaluation import evaluate
 
 
 def test_eval_cli_on_tiny_model_gsm8k_math500(tmp_path, capsys):
@@ -92,7 +92,7 @@ def test_eval_cli_user_errors_are_one_line(capsys):
 
 def test_eval_arguments_reach_the_settings():
     from r2vpo_ascend.cli import build_parser
-    from r2vpo_ascend.evaluation.bench import settings_from_args
+    from r2vpo_ascend.eval_command import settings_from_args
     args = build_parser().parse_args(["eval", "--model", "m", "--bench", "gsm8k, aime24", "--n", "16",
                                       "--vllm-arg", "gpu_memory_utilization=0.8", "--vllm-arg", "enforce_eager=true"])
     settings = settings_from_args(args)
@@ -110,3 +110,30 @@ def test_eval_through_vllm_when_installed(tmp_path, capsys):
     assert "engine: vllm" in capsys.readouterr().out
     results = json.loads(out.read_text())
     assert results["engine"] == "vllm" and results["benchmarks"]["arithmetic"]["metrics"]["num_problems"] == 4
+
+
+def test_evaluation_sits_below_the_trainer():
+    """evaluation/ imports nothing from trainer/ or engines/ (docs/architecture.md); `r2vpo eval
+    --bench arithmetic` scores the held-out split of a default run (ArithmeticSplits' defaults
+    are R2VPOConfig's)."""
+    import ast
+    import pathlib
+    import r2vpo_ascend.evaluation as evaluation
+    from r2vpo_ascend.data import ArithmeticSplits
+    from r2vpo_ascend.trainer.config import R2VPOConfig
+    from r2vpo_ascend.trainer.setup import arithmetic_splits
+    for path in pathlib.Path(evaluation.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith(("r2vpo_ascend.trainer", "r2vpo_ascend.engines")) for n in names), path
+    assert arithmetic_splits(R2VPOConfig()) == ArithmeticSplits()
+
+
+def test_a_short_answer_from_the_engine_is_a_rollout_error():
+    from r2vpo_ascend.rollout import RolloutError
+    tok = build_char_tokenizer()
+    engine = ScriptedEngine(tok, [["2"]])  # one completion where two were asked for
+    with pytest.raises(RolloutError, match="expected 2 for each of 1 prompts"):
+        generate_and_score(engine, tok, [{"prompt": "1+1=", "answer": "2"}], ArithmeticReward(),
+                           sampling=SamplingConfig(4), n=2)

@@ -12,7 +12,7 @@ from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count, replay_metr
 def rollout(version, group_id=0, length=3, reward=1.0):
     return Rollout(prompt_ids=[1, 2], response_ids=list(range(length)),
                    old_log_probs=torch.full((length,), -0.5), reward=reward, advantage=reward - 0.5,
-                   version=version, group_id=group_id, prompt_index=group_id, extras={"answer": "4"})
+                   version=version, group_id=group_id, extras={"answer": "4"})
 
 
 def ids(rollouts):
@@ -73,6 +73,10 @@ def test_sampling_is_seeded_and_resumes_identically():
     original = next(r for r in a if r.group_id == first[0].group_id)
     assert first[0].response_ids == original.response_ids and first[0].extras == {"answer": "4"}
     assert torch.equal(first[0].old_log_probs, original.old_log_probs)
+    # a checkpoint written while rollouts still had the (never set) `prompt_index` field loads
+    old = dict(state, rollouts=[dict(r, prompt_index=None) for r in state["rollouts"]])
+    restored.load_state_dict(old)
+    assert len(restored) == len(a)
 
 
 def test_bad_arguments():

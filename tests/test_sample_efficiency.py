@@ -10,7 +10,7 @@ from r2vpo_ascend.data.sequence_task import make_successor_dataset
 from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 from r2vpo_ascend.rewards import get_reward_fn
 from r2vpo_ascend.trainer.config import R2VPOConfig
-from r2vpo_ascend.trainer.setup import arithmetic_split, resolve_reward_fn
+from r2vpo_ascend.trainer.setup import arithmetic_split, config_reward_fn
 
 
 def test_sequence_task_answers_are_16_tokens_and_graded_exactly():
@@ -34,7 +34,7 @@ def test_sequence_task_is_selectable_from_the_config_with_disjoint_splits():
     problems = [{r["problem"] for r in part} for part in (train, test, val)]
     assert not (problems[0] & problems[1]) and not (problems[0] & problems[2]) and not (problems[1] & problems[2])
     assert all(r["problem"].startswith("next ") for r in train)
-    assert resolve_reward_fn(cfg).__name__ == "sequence"
+    assert config_reward_fn(cfg).__name__ == "sequence"
 
 
 def test_stage_a_plan_is_seed_major_and_shares_warm_starts(tmp_path):

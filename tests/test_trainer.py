@@ -184,10 +184,30 @@ def test_dual_step_max_reaches_the_dual_controller(tmp_path):
 
 
 def test_gradient_buckets_keep_dtype_and_size_bounds():
-    from r2vpo_ascend.trainer.engine import _buckets
+    from r2vpo_ascend.engines.native import _buckets
     tensors = [torch.zeros(5), torch.zeros(4, dtype=torch.bfloat16), torch.zeros(6), torch.zeros(20), torch.zeros(1),
                torch.zeros(3, dtype=torch.bfloat16)]
     buckets = _buckets(tensors, max_numel=10)
     assert [[t.numel() for t in b] for b in buckets] == [[5], [6], [20], [1], [4, 3]]
     assert all(len({t.dtype for t in b}) == 1 for b in buckets)
     assert sorted(id(t) for b in buckets for t in b) == sorted(id(t) for t in tensors)  # each tensor once
+
+
+def test_one_adamw_builder_configures_every_optimiser():
+    """engines/base.py builds every AdamW: the RL engine's from the config (fused on the CPU),
+    the warm start's with torch's defaults; no other module constructs one."""
+    import pathlib
+    import r2vpo_ascend
+    from r2vpo_ascend.engines import NativeEngine, build_adamw
+    import device
+    model = build_tiny_model(build_char_tokenizer(), seed=0)
+    config = R2VPOConfig(lr=3e-4, adam_betas=[0.8, 0.95], weight_decay=0.1)
+    engine = NativeEngine(model, config, device.current(), torch.float32)
+    group = engine.optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"], group["fused"]) == (3e-4, (0.8, 0.95), 0.1, True)
+    assert engine.lr == 3e-4
+    default = build_adamw(model.parameters(), lr=1e-3).param_groups[0]
+    assert (default["betas"], default["weight_decay"]) == ((0.9, 0.999), 0.01)
+    root = pathlib.Path(r2vpo_ascend.__file__).parent
+    builders = [str(f.relative_to(root)) for f in root.rglob("*.py") if "optim.AdamW(" in f.read_text()]
+    assert builders == ["engines/base.py"]

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import device
-from r2vpo_ascend.data import load_problems
+from r2vpo_ascend.algos.errors import ConfigError
+from r2vpo_ascend.data import ArithmeticSplits, prompt_records
 from r2vpo_ascend.evaluation.scoring import generate_and_score, summarize
+from r2vpo_ascend.models.dtypes import resolve_dtype
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
+from r2vpo_ascend.rewards import resolve_reward_fn
 from r2vpo_ascend.rollout import HFGenerateEngine, SamplingConfig
-from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.setup import prompt_records, resolve_dtype, resolve_reward_fn, with_prompts
 
 ENGINES = ("auto", "vllm", "hf")
 
@@ -72,12 +73,10 @@ class EvalSettings:
 # ---- pieces ---------------------------------------------------------------------------------
 def bench_records(bench: str, tokenizer, settings: EvalSettings) -> list[dict]:
     """Prompt records for `bench`: a built-in benchmark, `arithmetic`, or a data file/directory."""
-    if bench == "arithmetic":  # the trainer's held-out split, so scores compare with eval/accuracy
-        config = R2VPOConfig(dataset="arithmetic", eval_size=settings.limit or 128, seed=settings.seed,
-                             prompt_template=settings.prompt_template, system_prompt=settings.system_prompt)
-        return prompt_records(config, tokenizer, split="eval")
-    return with_prompts(load_problems(bench, split="test", limit=settings.limit), tokenizer,
-                        template=settings.prompt_template, system_prompt=settings.system_prompt)
+    # `arithmetic`: the held-out split of a default training run, so scores compare with eval/accuracy
+    splits = ArithmeticSplits(eval_size=settings.limit or ArithmeticSplits.eval_size, seed=settings.seed)
+    return prompt_records(bench, tokenizer, split="eval", template=settings.prompt_template,
+                          system_prompt=settings.system_prompt, arithmetic=splits, limit=settings.limit)
 
 
 def make_engine(kind: str, model, tokenizer, *, batch_size: int, seed: int = 0,
@@ -127,7 +126,7 @@ def run_eval(settings: EvalSettings) -> dict:
     backend = device.current()
     device.init_distributed(backend)
     backend.manual_seed(settings.seed)
-    dtype = resolve_dtype(R2VPOConfig(dtype=settings.dtype), backend)
+    dtype = resolve_dtype(settings.dtype, backend)
     model, tokenizer = load_model_and_tokenizer(settings.model, tokenizer=settings.tokenizer,
                                                 trust_remote_code=settings.trust_remote_code,
                                                 dtype=dtype, seed=settings.seed)
@@ -159,8 +158,7 @@ def run_eval(settings: EvalSettings) -> dict:
             records = bench_records(bench, tokenizer, settings)
             kind = "arithmetic" if bench == "arithmetic" else "math_verify"
             if kind not in verifiers:
-                verifiers[kind] = resolve_reward_fn(R2VPOConfig(dataset=bench,
-                                                                verify_timeout_s=settings.verify_timeout_s))
+                verifiers[kind] = resolve_reward_fn("auto", dataset=bench, verify_timeout_s=settings.verify_timeout_s)
             started = time.perf_counter()
             scored = generate_and_score(engine, tokenizer, records, verifiers[kind], sampling=sampling, n=settings.n,
                                         max_prompt_length=max_prompt)
@@ -216,27 +214,5 @@ def write_results(results: dict, path: str | Path) -> Path:
     return path
 
 
-def settings_from_args(args) -> EvalSettings:
-    from r2vpo_ascend.trainer.config import parse_overrides
-    benches = [b.strip() for b in args.bench.split(",") if b.strip()]
-    return EvalSettings(model=args.model, benches=benches, n=args.n, limit=args.limit,
-                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        max_prompt_length=args.max_prompt_length, engine=args.engine, dtype=args.dtype,
-                        seed=args.seed, batch_size=args.batch_size, tokenizer=args.tokenizer,
-                        trust_remote_code=args.trust_remote_code, prompt_template=args.template,
-                        system_prompt=args.system_prompt, verify_timeout_s=args.verify_timeout, out=args.out,
-                        vllm_kwargs=parse_overrides(getattr(args, "vllm_arg", None) or []))
-
-
-def main_from_args(args) -> int:
-    """`r2vpo eval`: run, print the table, write the JSON."""
-    settings = settings_from_args(args)
-    results = run_eval(settings)
-    print(format_table(results), flush=True)
-    if settings.out:
-        print(f"[eval] results written to {write_results(results, settings.out)}", flush=True)
-    return 0
-
-
-__all__ = ["ENGINES", "EvalSettings", "bench_records", "format_table", "main_from_args",
-           "make_engine", "run_eval", "settings_from_args", "write_results"]
+__all__ = ["ENGINES", "EvalSettings", "bench_records", "format_table", "make_engine", "package_versions", "run_eval",
+           "write_results"]

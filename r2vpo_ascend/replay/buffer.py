@@ -32,7 +32,6 @@ class Rollout:
         reward, advantage: the scalar reward and the advantage computed when collected.
         version: policy version (optimiser step count) that sampled it.
         group_id: id of the prompt group (the G responses to one prompt).
-        prompt_index: position of the prompt in the dataset, if known.
         extras: anything else (answer, verifier info); keep it to plain Python values and
             tensors so that checkpoints load with ``torch.load(weights_only=True)``.
     """
@@ -44,7 +43,6 @@ class Rollout:
     advantage: float
     version: int
     group_id: int
-    prompt_index: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def staleness(self, current_version: int) -> int:
@@ -118,7 +116,8 @@ class ReplayBuffer:
             if key not in state:
                 raise ValueError(f"ReplayBuffer state is missing the field {key!r}")
         self._rollouts = deque()
-        self.add(Rollout(**fields) for fields in state["rollouts"])
+        # `prompt_index` (never set, removed) may still be in older checkpoints' rollouts
+        self.add(Rollout(**{k: v for k, v in fields.items() if k != "prompt_index"}) for fields in state["rollouts"])
         self._generator.set_state(state["generator_state"])
 
 

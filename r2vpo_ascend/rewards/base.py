@@ -16,6 +16,10 @@ import numbers
 from typing import Any, Protocol, Sequence
 from r2vpo_ascend.algos.errors import RewardError  # noqa: F401  (re-exported)
 
+# A completion counts as correct (solved) when its reward is above this: the trainer's
+# `reward/solved_frac`, the held-out `eval/accuracy` and `r2vpo eval`'s avg@n / pass@n.
+CORRECT_THRESHOLD = 0.5
+
 
 class RewardFn(Protocol):
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]: ...

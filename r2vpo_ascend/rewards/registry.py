@@ -58,3 +58,17 @@ def get_reward_fn(name: str, **kwargs: Any) -> Callable:
         known = ", ".join(sorted(REWARD_FNS))
         raise ValueError(f"unknown reward function {name!r}; known names: {known}, or 'python:module.path:function'")
     return REWARD_FNS[name](**kwargs)
+
+
+def resolve_reward_fn(reward: str, *, dataset: str, verify_timeout_s: float = 5.0,
+                      format_reward_weight: float = 0.0) -> Callable:
+    """The reward function a run or a benchmark uses: `reward` by name, where `auto` means
+    `arithmetic` for the built-in `arithmetic` dataset, `sequence` for the built-in `sequence`
+    dataset and `math_verify` for everything else
+    (which alone takes the time limit and the weight of the \\boxed{} format reward)."""
+    name = reward
+    if name == "auto":
+        name = {"arithmetic": "arithmetic", "sequence": "sequence"}.get(dataset, "math_verify")
+    if name == "math_verify":
+        return get_reward_fn(name, timeout_s=verify_timeout_s, format_weight=format_reward_weight)
+    return get_reward_fn(name)

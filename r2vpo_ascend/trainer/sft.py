@@ -6,6 +6,7 @@ import random
 
 import torch
 
+from r2vpo_ascend.engines.base import build_adamw
 from r2vpo_ascend.trainer.batch import collate
 from r2vpo_ascend.trainer.logprobs import response_log_probs
 
@@ -18,7 +19,7 @@ def sft_warm_start(model, tokenizer, records: list[dict], *, steps: int, lr: flo
     batch order, so it leaves the run's global RNG untouched.
     """
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = build_adamw(model.parameters(), lr=lr)  # torch's default betas and weight decay
     pairs = [(tokenizer(r["prompt"])["input_ids"],
               tokenizer(str(r["answer"]), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
              for r in records]

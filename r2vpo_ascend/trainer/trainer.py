@@ -9,6 +9,8 @@
       → metrics.jsonl, evaluation, checkpoint
 
 Everything hardware-specific sits behind `backend` (the `device` package) and the engines.
+Set-up is a recipe (torchtune's shape): `_setup_model` → `_setup_engines` → `_setup_data` →
+`_setup_algorithm`, each a few lines you can find (docs/architecture.md).
 
 With several processes (torchrun), every rank draws the same global batch of prompts and
 generates for its share; advantages are computed on the gathered global rewards, and every
@@ -30,18 +32,19 @@ import torch
 import device
 from r2vpo_ascend.algos import DualController, compute_advantages
 from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count
-from r2vpo_ascend.rewards import validate_rewards
+from r2vpo_ascend.rewards import CORRECT_THRESHOLD
 from r2vpo_ascend.data import PromptSampler
-from r2vpo_ascend.evaluation.scoring import CORRECT_THRESHOLD
+from r2vpo_ascend.evaluation import check_groups, evaluate, score_completions, tokenize_prompts
+from r2vpo_ascend.models.dtypes import resolve_dtype
 from r2vpo_ascend.models.loading import load_model_and_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.engine import make_engine
-from r2vpo_ascend.trainer.evaluation import evaluate
+from r2vpo_ascend.trainer.global_batch import GlobalBatchLayout
+from r2vpo_ascend.engines import make_engine
 from r2vpo_ascend.trainer.loggers import MetricsLogger
 from r2vpo_ascend.trainer.policy_update import PolicyUpdater
-from r2vpo_ascend.trainer.setup import prompt_records, resolve_dtype, resolve_reward_fn
+from r2vpo_ascend.trainer.setup import config_records, config_reward_fn
 from r2vpo_ascend.trainer.sft import sft_warm_start
 
 
@@ -80,41 +83,63 @@ class R2VPOTrainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.backend.manual_seed(config.seed + self.dist.rank)  # ranks sample different responses
-        dtype = resolve_dtype(config, self.backend)
-        if model is None or isinstance(model, (str, Path)):
-            model, loaded_tok = load_model_and_tokenizer(str(model or config.model), tokenizer=config.tokenizer,
-                                                         trust_remote_code=config.trust_remote_code,
-                                                         dtype=dtype, seed=config.seed)
-            tokenizer = tokenizer or loaded_tok
-        if tokenizer is None:
-            raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
-        self.tokenizer = tokenizer
-        self.fused_ops = device.apply_fused_patches(self.backend)  # the backend's fused kernels, if any
-        if config.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        self.engine = make_engine(model, config, self.backend, dtype, self.dist)
-        self.rollout_engine = rollout_engine or self._make_rollout_engine()
-        self.reward_fn = reward_fn or resolve_reward_fn(config)
-        self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
-            else prompt_records(config, tokenizer, split="train")
-        self.eval_records = _as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
-            else (prompt_records(config, tokenizer, split="eval") if config.eval_every > 0 else [])
-        if len(self.train_records) < config.prompts_per_step:
-            raise ConfigError(f"the training set has {len(self.train_records)} prompts, fewer than "
-                              f"prompts_per_step={config.prompts_per_step}")
-        # Whole batches only: every step has the same global batch size (and equal shares per rank).
-        self.sampler = PromptSampler(self.train_records, config.prompts_per_step, seed=config.seed, drop_last=True)
-        self.buffer = ReplayBuffer(config.replay_capacity, config.max_staleness, seed=config.seed)
-        self.dual = DualController(config.init_lambda, config.ratio_var_target, config.dual_lr,
-                                   mode=config.dual_update, lambda_max=config.lambda_max,
-                                   lambda_min=config.lambda_min, max_step=config.dual_step_max,
-                                   kp=config.dual_kp, kd=config.dual_kd)
-        self.updater = PolicyUpdater(self.engine, config, self.dual, pad_id=tokenizer.pad_token_id)
-        self.sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.top_k)
+        self.layout = GlobalBatchLayout(config.num_generations, self.dist.rank, self.dist.world_size)
+        model, self.tokenizer, dtype = self._setup_model(model, tokenizer)
+        self._setup_engines(model, dtype, rollout_engine)
+        self._setup_data(reward_fn, train_dataset, eval_dataset)
+        self._setup_algorithm()
         self.output_dir = Path(config.output_dir)
         self.step = self.version = self.rollouts = self.next_group_id = 0
         self.sft_done = config.sft_steps == 0
         self.first_eval = self.last_eval = None
+
+    # ---- setup, in the order the loop needs it (torchtune's recipe shape) ------------------
+    def _setup_model(self, model, tokenizer):
+        """The policy (loaded from `config.model` unless given), its tokenizer and the training dtype;
+        the backend's fused kernels and, if asked, activation checkpointing."""
+        cfg = self.config
+        dtype = resolve_dtype(cfg.dtype, self.backend)
+        if model is None or isinstance(model, (str, Path)):
+            model, loaded_tok = load_model_and_tokenizer(str(model or cfg.model), tokenizer=cfg.tokenizer,
+                                                         trust_remote_code=cfg.trust_remote_code,
+                                                         dtype=dtype, seed=cfg.seed)
+            tokenizer = tokenizer or loaded_tok
+        if tokenizer is None:
+            raise ConfigError("R2VPOTrainer: pass `tokenizer=` together with a model object")
+        self.fused_ops = device.apply_fused_patches(self.backend)  # the backend's fused kernels, if any
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model, tokenizer, dtype
+
+    def _setup_engines(self, model, dtype: torch.dtype, rollout_engine) -> None:
+        """The training engine (owns the model and optimiser) and the rollout engine (generates)."""
+        self.engine = make_engine(model, self.config, self.backend, dtype, self.dist)
+        self.rollout_engine = rollout_engine or self._make_rollout_engine()
+
+    def _setup_data(self, reward_fn, train_dataset, eval_dataset) -> None:
+        """Reward function, training and held-out records, the prompt sampler."""
+        cfg = self.config
+        self.reward_fn = reward_fn or config_reward_fn(cfg)
+        self.train_records = _as_records(train_dataset, "train_dataset") if train_dataset is not None \
+            else config_records(cfg, self.tokenizer, split="train")
+        self.eval_records = _as_records(eval_dataset, "eval_dataset") if eval_dataset is not None \
+            else (config_records(cfg, self.tokenizer, split="eval") if cfg.eval_every > 0 else [])
+        if len(self.train_records) < cfg.prompts_per_step:
+            raise ConfigError(f"the training set has {len(self.train_records)} prompts, fewer than "
+                              f"prompts_per_step={cfg.prompts_per_step}")
+        # Whole batches only: every step has the same global batch size (and equal shares per rank).
+        self.sampler = PromptSampler(self.train_records, cfg.prompts_per_step, seed=cfg.seed, drop_last=True)
+
+    def _setup_algorithm(self) -> None:
+        """Replay buffer, dual controller (λ), the update phase and the sampling settings."""
+        cfg = self.config
+        self.buffer = ReplayBuffer(cfg.replay_capacity, cfg.max_staleness, seed=cfg.seed)
+        self.dual = DualController(cfg.init_lambda, cfg.ratio_var_target, cfg.dual_lr,
+                                   mode=cfg.dual_update, lambda_max=cfg.lambda_max,
+                                   lambda_min=cfg.lambda_min, max_step=cfg.dual_step_max,
+                                   kp=cfg.dual_kp, kd=cfg.dual_kd)
+        self.updater = PolicyUpdater(self.engine, cfg, self.dual, pad_id=self.tokenizer.pad_token_id)
+        self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
 
     def _make_rollout_engine(self):
         cfg, model = self.config, self.engine.model
@@ -172,9 +197,9 @@ class R2VPOTrainer:
         batch = fresh + replayed                                            # fresh + replayed
         t1 = time.perf_counter()
         update_metrics = self.updater.update(batch, current_version=self.version,   # loss, step, dual step
-                                             positions=self._global_positions(len(fresh), len(replayed)))
+                                             positions=self.layout.positions(len(fresh), len(replayed)))
         if cfg.replay_ratio > 0:
-            self.buffer.add(self._gather_global(fresh))                     # replayable from next step
+            self.buffer.add(self.layout.gather(fresh, device.all_gather_objects))                     # replayable from next step
         self.version += 1                                                   # a new policy version ...
         self.rollout_engine.sync_weights(self.engine.model)                 # ... pushed to the engine
         t_update = time.perf_counter() - t1
@@ -208,13 +233,11 @@ class R2VPOTrainer:
         the update's forward pass, which computes exactly the same thing.
         """
         cfg = self.config
-        prompt_ids = [self.tokenizer(r["prompt"])["input_ids"][-cfg.max_prompt_length:] for r in records]
+        prompt_ids = tokenize_prompts(self.tokenizer, records, cfg.max_prompt_length)
         self.rollout_engine.wake()
         groups = self.rollout_engine.generate(prompt_ids, self.sampling, n=cfg.num_generations)
         self.rollout_engine.sleep()
-        if len(groups) != len(records) or any(len(g) != cfg.num_generations for g in groups):
-            raise RolloutError(f"rollout engine returned {[len(g) for g in groups]} responses per prompt; "
-                               f"expected {cfg.num_generations} for each of {len(records)} prompts")
+        check_groups(groups, len(records), cfg.num_generations)
         if all(len(g.response_ids) == 0 for group in groups for g in group):
             raise RolloutError("every generated response is empty (0 tokens): check max_new_tokens, the prompt "
                                "length against the model's context, and the tokenizer's EOS token")
@@ -224,7 +247,6 @@ class R2VPOTrainer:
                 fresh.append(Rollout(prompt_ids=g.prompt_ids, response_ids=g.response_ids, old_log_probs=None,
                                      reward=0.0, advantage=0.0, version=self.version,
                                      group_id=self.next_group_id + self.dist.rank + i * self.dist.world_size,
-                                     prompt_index=None,
                                      extras={"finished": g.finished}))
         self.next_group_id += len(records) * self.dist.world_size
         if not self.updater.fills_behaviour_log_probs:
@@ -236,12 +258,8 @@ class R2VPOTrainer:
 
         Returns the reward metrics and the GLOBAL batch's rewards `[N_global]` (gathered once here,
         reused by `assign_advantages`)."""
-        G = self.config.num_generations
         completions = [self.tokenizer.decode(r.response_ids, skip_special_tokens=True) for r in fresh]
-        columns = {k: [rec[k] for rec in records for _ in range(G)] for k in records[0] if k != "prompt"}
-        prompts = [rec["prompt"] for rec in records for _ in range(G)]
-        rewards = validate_rewards(self.reward_fn(prompts=prompts, completions=completions, **columns),
-                                   len(fresh), getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__))
+        rewards = score_completions(self.reward_fn, records, completions, self.config.num_generations)
         for rollout, reward in zip(fresh, rewards):
             rollout.reward = float(reward)
         rewards_t = self._global_rewards(fresh)
@@ -258,7 +276,7 @@ class R2VPOTrainer:
         """
         rewards = self._global_rewards(fresh) if global_rewards is None else global_rewards
         advantages = compute_advantages(self.config.advantage, rewards, self.config.num_generations)
-        for rollout, slot in zip(fresh, self._global_slots(len(fresh))):
+        for rollout, slot in zip(fresh, self.layout.slots(len(fresh))):
             rollout.advantage = float(advantages[slot])
 
     def replayed_share(self, num_fresh: int) -> list[Rollout]:
@@ -271,32 +289,8 @@ class R2VPOTrainer:
         replayed = self.buffer.sample(wanted, self.version) if wanted else []
         return replayed[rank::world]
 
-    # ---- rank bookkeeping: local samples ↔ positions in the global batch -------------------
-    def _global_slots(self, num_local: int) -> list[int]:
-        """Global batch index of each local sample (prompts are dealt to ranks round-robin)."""
-        G, world, rank = self.config.num_generations, self.dist.world_size, self.dist.rank
-        return [(rank + (i // G) * world) * G + i % G for i in range(num_local)]
-
-    def _global_positions(self, num_fresh: int, num_replayed: int) -> list[int]:
-        """Index of each local update sample (fresh, then replayed share) in the global batch
-        one process would build: all fresh rollouts in global order, then the replay sample."""
-        world, rank = self.dist.world_size, self.dist.rank
-        return self._global_slots(num_fresh) + [num_fresh * world + rank + j * world for j in range(num_replayed)]
-
     def _global_rewards(self, fresh: list[Rollout]) -> torch.Tensor:
-        rewards = torch.zeros(len(fresh) * self.dist.world_size, dtype=torch.float64)
-        rewards[self._global_slots(len(fresh))] = torch.tensor([r.reward for r in fresh], dtype=torch.float64)
-        return self.engine.all_reduce_sum(rewards).float()
-
-    def _gather_global(self, fresh: list[Rollout]) -> list[Rollout]:
-        """Every rank's fresh rollouts in global batch order (a no-op in one process)."""
-        if self.dist.world_size == 1:
-            return fresh
-        per_rank = device.all_gather_objects(fresh)
-        G, world = self.config.num_generations, self.dist.world_size
-        num_prompts = sum(len(f) for f in per_rank) // G
-        return [r for j in range(num_prompts)
-                for r in per_rank[j % world][(j // world) * G:(j // world + 1) * G]]
+        return self.layout.global_rewards([r.reward for r in fresh], self.engine.all_reduce_sum)
 
     # ---- warm start, evaluation ---------------------------------------------------------
     def _sft_warm_start(self) -> None:

@@ -1,65 +1,21 @@
-"""Training engines: who owns the model, the optimiser and the gradient reduction.
+"""`NativeEngine`: the `TrainingEngine` (engines/base.py) in plain PyTorch.
 
-The loop talks to an engine through `TrainingEngine`. `NativeEngine` is plain PyTorch: one
-process on the CPU or one device, or data parallel over torchrun processes (every rank holds
-the whole model; gradients are summed by one all-reduce before the step). DeepSpeed ZeRO
-lives in `trainer/deepspeed_engine.py` behind the same protocol.
-
-Losses reaching `backward` are already normalised by GLOBAL token / sequence counts (see
-`algos.LossReduction`), so gradients are SUMMED, never averaged, over micro-batches and
-ranks; an engine whose framework averages over ranks must undo that mean.
+One process on the CPU or one device, or data parallel over torchrun processes (every rank
+holds the whole model; gradients are summed by bucketed all-reduces before the step).
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from typing import Protocol
 
 import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 import device
+from r2vpo_ascend.engines.base import adamw_kernel, build_optimizer, config_lr_schedule, sum_over_ranks
 from r2vpo_ascend.trainer.batch import TokenBatch
 from r2vpo_ascend.trainer.config import R2VPOConfig
 from r2vpo_ascend.trainer.logprobs import response_log_probs
-
-
-class TrainingEngine(Protocol):
-    model: torch.nn.Module
-    rank: int
-    world_size: int
-
-    def log_probs(self, batch: TokenBatch, *, temperature: float, with_entropy: bool = False): ...
-    def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self) -> float: ...
-    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor: ...
-    def state_dict(self) -> dict: ...  # collective with several processes: call on every rank
-    def load_state_dict(self, state: dict) -> None: ...
-    def save_pretrained(self, directory) -> None: ...  # collective: the full model, rank 0 writes
-    def frozen_copy(self) -> torch.nn.Module: ...  # the KL reference: the initial weights, frozen
-
-
-def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
-    """Linear warm-up for `warmup` optimiser steps, then constant / linear decay / cosine decay to 0."""
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if kind == "linear":
-            return 1.0 - progress
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def sum_over_ranks(values: torch.Tensor, backend, world_size: int) -> torch.Tensor:
-    """Sum over ranks (identity in one process), through the backend's device; returns a tensor
-    on `values`' device."""
-    if world_size == 1:
-        return values
-    return device.all_reduce_sum(values.to(backend.device)).to(values.device)
 
 
 GRAD_BUCKET_NUMEL = 1 << 25  # 32M elements: 64 MiB in bf16, 128 MiB in float32
@@ -80,12 +36,9 @@ class NativeEngine:
         self.model = model.to(device=backend.device, dtype=dtype)
         self.model.train()
         self.config = config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self._adamw_impl = _adamw_impl(self.model)
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
-                                           weight_decay=config.weight_decay, **self._adamw_impl)
-        total = config.steps * config.updates_per_step * getattr(config, "ppo_epochs", 1)
-        self.scheduler = make_lr_schedule(self.optimizer, config.lr_scheduler, config.warmup_steps, total)
+        self._adamw_impl = adamw_kernel(self.model)
+        self.optimizer = build_optimizer(self.model, config, kernel=self._adamw_impl)
+        self.scheduler = config_lr_schedule(self.optimizer, config)
 
     def log_probs(self, batch: TokenBatch, *, temperature: float, with_entropy: bool = False):
         return response_log_probs(self.model, batch.to(self.backend.device), temperature=temperature,
@@ -148,14 +101,6 @@ class NativeEngine:
             self.model.save_pretrained(directory)
 
 
-def _adamw_impl(model: torch.nn.Module) -> dict:
-    """AdamW's implementation: the fused kernel for weights on the CPU (one kernel over all
-    parameters instead of a Python loop over them, ~2x faster steps for small models; the
-    same update rule), torch's own default elsewhere."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    return {"fused": True, "foreach": None} if on_cpu else {"fused": None, "foreach": None}
-
-
 def _buckets(tensors: list[torch.Tensor], max_numel: int) -> list[list[torch.Tensor]]:
     """`tensors` grouped by dtype, each group cut into consecutive runs of at most `max_numel`
     elements (a tensor larger than that gets a bucket of its own)."""
@@ -166,12 +111,3 @@ def _buckets(tensors: list[torch.Tensor], max_numel: int) -> list[list[torch.Ten
             runs.append([])
         runs[-1].append(t)
     return [run for runs in by_dtype.values() for run in runs]
-
-
-def make_engine(model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
-                dist: device.DistInfo) -> TrainingEngine:
-    """The engine `config.engine` names: `native` (plain PyTorch, data parallel over ranks) or `deepspeed`."""
-    if config.engine == "deepspeed":
-        from r2vpo_ascend.trainer.deepspeed_engine import DeepSpeedEngine
-        return DeepSpeedEngine(model, config, backend, dtype, dist)
-    return NativeEngine(model, config, backend, dtype, dist)

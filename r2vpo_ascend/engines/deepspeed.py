@@ -14,8 +14,8 @@ the micro-batch gradients over micro-batches and ranks. DeepSpeed differs twice:
   Gradient clipping (`gradient_clipping` = `config.max_grad_norm`) and the reported norm then
   act on the summed gradient, as in `NativeEngine`.
 
-Optimiser and schedule are ours (AdamW with `lr`, `adam_betas`, `weight_decay`, and
-`make_lr_schedule`), handed to DeepSpeed as client objects; DeepSpeed steps the schedule
+Optimiser and schedule are ours (engines/base.py: AdamW with `lr`, `adam_betas`,
+`weight_decay`, and `make_lr_schedule`), handed to DeepSpeed as client objects; DeepSpeed steps the schedule
 inside `step()` (skipping it when it skips a non-finite step, like `NativeEngine`).
 
 Checkpoints are DeepSpeed's own (`save_checkpoint`: every rank writes its ZeRO partition of
@@ -50,11 +50,10 @@ from pathlib import Path
 import torch
 
 import device
+from r2vpo_ascend.algos.errors import CheckpointError, ConfigError, MissingExtraError
+from r2vpo_ascend.engines.base import build_optimizer, config_lr_schedule, sum_over_ranks
 from r2vpo_ascend.trainer.batch import TokenBatch
-from r2vpo_ascend.trainer.checkpoint import CheckpointError
-from r2vpo_ascend.trainer.config import ConfigError, R2VPOConfig
-from r2vpo_ascend.trainer.engine import make_lr_schedule, sum_over_ranks
-from r2vpo_ascend.trainer.loggers import MissingExtraError
+from r2vpo_ascend.trainer.config import R2VPOConfig
 from r2vpo_ascend.trainer.logprobs import response_log_probs
 
 INSTALL_HINT = "pip install 'r2vpo-ascend[deepspeed]'"
@@ -166,11 +165,8 @@ class DeepSpeedEngine:
             self._hf_ds_config = _hf_zero3_marker(ds_config)  # kept alive: generate() then syncs ranks
         self.model = model
         self._wrapper = _PolicyLogProbs(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
-                                      weight_decay=config.weight_decay)
-        scheduler = make_lr_schedule(optimizer, config.lr_scheduler, config.warmup_steps,
-                                     config.steps * config.updates_per_step * getattr(config, "ppo_epochs", 1))
+        optimizer = build_optimizer(model, config)  # torch's default kernel: DeepSpeed steps it on its partitions
+        scheduler = config_lr_schedule(optimizer, config)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self._wrapper, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         if self.zero_stage == 3:
