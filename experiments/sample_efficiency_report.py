@@ -59,6 +59,11 @@ def summarise(out: Path) -> dict:
             if row["kind"] == "sft":
                 continue
             cell = per_task.setdefault(row["task"], {}).setdefault(row["arm"], {"runs": {}, "missing": []})
+            done = out / row["run_dir"] / "done.json"
+            # only finished runs count (a run in progress has a partial metrics.jsonl)
+            if not done.exists() or json.loads(done.read_text()).get("rc") != 0:
+                cell["missing"].append(row["seed"])
+                continue
             try:
                 cell["runs"][str(row["seed"])] = run_numbers(out / row["run_dir"])
             except (FileNotFoundError, ValueError):
@@ -109,7 +114,8 @@ def markdown(summary: dict) -> str:
              __doc__.split("\n\n", 1)[1].strip(), ""]
     for stage in sorted(summary):
         block = summary[stage]
-        lines += [f"## {STAGE_TITLES[stage]}", "", f"Command: `{block['plan']['command']}`", ""]
+        lines += [f"## {STAGE_TITLES[stage]}", "",
+                  f"Run (or resume) with `python -m experiments.sample_efficiency --stage {stage}`.", ""]
         arms = block["plan"]["arms"]
         for task, cells in block["tasks"].items():
             title = block["plan"]["tasks"].get(task, task)
@@ -134,7 +140,7 @@ def markdown(summary: dict) -> str:
             missing = {arm: cell["missing"] for arm, cell in cells.items() if cell["missing"]}
             lines.append("")
             if missing:
-                lines += ["Not run yet (resume with the command above): " +
+                lines += ["Not run (or not finished) yet: " +
                           "; ".join(f"`{a}` seeds {s}" for a, s in missing.items()), ""]
     return "\n".join(lines) + "\n"
 

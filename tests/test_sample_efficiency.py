@@ -82,6 +82,9 @@ def test_report_from_finished_runs_lists_missing_ones_and_runs_are_cached(tmp_pa
     runs = se.build_plan("A", ["easy"], ["spec", "ppo_clip"], 1, 10, tmp_path)
     spec = next(r for r in runs if r.arm == "spec")
     _fake_run(spec.run_dir, [0.2, 0.1, 0.15, 0.18])  # below its warm start: collapsed
+    (spec.run_dir / "done.json").write_text(json.dumps({"rc": 0}))
+    ppo = next(r for r in runs if r.arm == "ppo_clip")
+    _fake_run(ppo.run_dir, [0.2, 0.3])  # in progress (no done.json): not counted
     se.write_plan(tmp_path, "A", runs, "cmd")
     summary = build_report(tmp_path, tmp_path / "report.md")
     cell = summary["A"]["tasks"]["easy"]
