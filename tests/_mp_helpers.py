@@ -195,7 +195,9 @@ def update_config(output_dir: str):
     from r2vpo_ascend.trainer.config import R2VPOConfig
     # micro-batches smaller than a rank's share, two optimiser steps per update, clipping that
     # engages (so a mean instead of a sum over ranks would show), KL and entropy terms on.
-    return R2VPOConfig(model="tiny", updates_per_step=2, micro_batch_size=2, lr=1e-2, max_grad_norm=0.05,
+    # Two passes (ppo_epochs) and the winsorised dual V̂: both must all-reduce like the rest.
+    return R2VPOConfig(model="tiny", updates_per_step=2, ppo_epochs=2, dual_variance="winsorized",
+                       micro_batch_size=2, lr=1e-2, max_grad_norm=0.05,
                        kl_coef=0.05, entropy_coef=0.01, init_lambda=1.0, ratio_var_target=0.01, dual_lr=0.5,
                        steps=2, output_dir=output_dir)
 

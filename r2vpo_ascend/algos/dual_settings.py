@@ -32,8 +32,12 @@ R2VPO_SETTINGS: tuple[Setting, ...] = (
     Setting("init_lambda", float, 1.0, "Initial Lagrange multiplier λ of the ratio-variance constraint."),
     Setting("ratio_var_target", float, 0.05, "δ: the bound on the ratio variance V̂ (a default, tune per task)."),
     Setting("dual_lr", float, 0.5, "η_λ: step size of the dual update of λ."),
-    Setting("dual_update", str, "additive", "λ update: `additive`, `multiplicative`, or `none` (fixed λ ablation).",
-            DUAL_MODES),
+    Setting("dual_update", str, "additive", "λ update: `additive` (the spec), `multiplicative`, `none` (fixed λ "
+            "ablation), `normalized` (additive on (V̂ − δ)/δ, so dual_lr means the same at any δ) or `pid` (PID "
+            "Lagrangian, Stooke et al. 2020, on (V̂ − δ)/δ; K_I = dual_lr, K_P = dual_kp, K_D = dual_kd). See "
+            "docs/algorithms.md.", DUAL_MODES),
+    Setting("dual_kp", float, 1.0, "K_P of `dual_update: pid` (λ per unit of relative violation (V̂ − δ)/δ)."),
+    Setting("dual_kd", float, 0.0, "K_D of `dual_update: pid` (on the rise of the relative violation)."),
     Setting("lambda_max", float, 100.0, "Upper bound on λ."),
     Setting("lambda_min", float, 0.0, "Lower bound on λ."),
     Setting("dual_step_max", float | None, None, "Bound on one dual update (additive: |Δλ|; multiplicative: "
@@ -50,11 +54,12 @@ def check_settings(config: Any) -> None:
         if setting.choices is not None and value not in setting.choices:
             raise ConfigError(f"`{setting.name}` must be one of {list(setting.choices)}, got {value!r}")
     check_dual_settings(config.init_lambda, config.ratio_var_target, config.dual_lr, config.dual_update,
-                        config.lambda_max, config.lambda_min, config.dual_step_max)
+                        config.lambda_max, config.lambda_min, config.dual_step_max, kp=config.dual_kp,
+                        kd=config.dual_kd)
 
 
 def dual_controller(config: Any) -> DualController:
     """The :class:`DualController` that the settings of ``config`` describe."""
     return DualController(config.init_lambda, config.ratio_var_target, config.dual_lr, mode=config.dual_update,
                           lambda_max=config.lambda_max, lambda_min=config.lambda_min,
-                          max_step=config.dual_step_max)
+                          max_step=config.dual_step_max, kp=config.dual_kp, kd=config.dual_kd)

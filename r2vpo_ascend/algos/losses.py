@@ -31,6 +31,7 @@ from .numerics import check_finite
 from .ratio import (RATIO_LEVELS, RatioStats, diagnostic_sums, effective_advantage, max_ratio, moment_sums,
                     policy_ratio)
 from .registry import lookup, register
+from .robust import PENALTIES, penalized_effective_advantage, penalty, truncated_ratio
 
 CENTERS = ("mean", "one")
 
@@ -52,6 +53,8 @@ class PolicyLossConfig:
             run (the trainer uses ``max_new_tokens``). ``None``: the padded width T of the
             batch given, allowed only without global denominators (see :func:`aggregate`).
         dual_clip: optional dual-clip bound c > 1 for A < 0 tokens (clipping baselines).
+        variance_penalty / penalty_huber_kappa / ratio_grad_cap: R²VPO remedies (issue 11,
+            :mod:`~r2vpo_ascend.algos.robust`); the defaults are the spec's loss exactly.
     """
 
     ratio_level: str = "token"
@@ -61,9 +64,13 @@ class PolicyLossConfig:
     clip_eps_high: float | None = None
     max_response_length: int | None = None
     dual_clip: float | None = None
+    variance_penalty: str = "quadratic"
+    penalty_huber_kappa: float = 0.5
+    ratio_grad_cap: float | None = None
 
     def __post_init__(self) -> None:
-        for name, choices in (("ratio_level", RATIO_LEVELS), ("center", CENTERS), ("loss_agg", LOSS_AGG_MODES)):
+        for name, choices in (("ratio_level", RATIO_LEVELS), ("center", CENTERS), ("loss_agg", LOSS_AGG_MODES),
+                              ("variance_penalty", PENALTIES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"`{name}`: {getattr(self, name)!r} is not one of {list(choices)}")
         if self.clip_eps_low is not None and not 0.0 <= self.clip_eps_low < 1.0:
@@ -75,6 +82,10 @@ class PolicyLossConfig:
             raise ConfigError(f"`max_response_length` must be an int >= 1 or null, got {length!r}")
         if self.dual_clip is not None and not (self.dual_clip > 1.0 and math.isfinite(self.dual_clip)):
             raise ConfigError(f"`dual_clip` must be > 1 and finite, or null, got {self.dual_clip}")
+        if not (self.penalty_huber_kappa > 0 and math.isfinite(self.penalty_huber_kappa)):
+            raise ConfigError(f"`penalty_huber_kappa` must be > 0 and finite, got {self.penalty_huber_kappa}")
+        if self.ratio_grad_cap is not None and not (self.ratio_grad_cap >= 1 and math.isfinite(self.ratio_grad_cap)):
+            raise ConfigError(f"`ratio_grad_cap` must be >= 1 and finite, or null, got {self.ratio_grad_cap}")
 
     def clip_eps(self, defaults: tuple[float, float]) -> tuple[float, float]:
         """(ε_low, ε_high): the configured values where set, else a loss's ``defaults``."""
@@ -226,8 +237,13 @@ def policy_output(terms: dict[str, torch.Tensor], scope: RatioScope, batch: Poli
 def r2vpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                response_mask: torch.Tensor, lam: float, *, ratio_level: str = "token", center: str = "mean",
                loss_agg: str = "token-mean", max_response_length: int | None = None,
-               reduction: LossReduction | None = None) -> PolicyLossOutput:
+               reduction: LossReduction | None = None, variance_penalty: str = "quadratic",
+               penalty_huber_kappa: float = 0.5, ratio_grad_cap: float | None = None) -> PolicyLossOutput:
     """R²VPO primal loss  −agg(ρ·A) + λ·V̂  (docs/algorithms.md "Objective").
+
+    With the remedies (:mod:`~r2vpo_ascend.algos.robust`) the penalty is λ·Σm·φ(ρ − c)/n
+    (``variance_penalty: huber``) and ρ's gradient weight min(ρ, C) (``ratio_grad_cap``); the
+    defaults are the spec's loss exactly.
 
     Args:
         log_probs: ``[B, T]`` log π_θ of the response tokens (requires grad).
@@ -244,7 +260,8 @@ def r2vpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages:
         the dual step, ``.metrics()`` to log.
     """
     config = PolicyLossConfig(ratio_level=ratio_level, center=center, loss_agg=loss_agg,
-                              max_response_length=max_response_length)
+                              max_response_length=max_response_length, variance_penalty=variance_penalty,
+                              penalty_huber_kappa=penalty_huber_kappa, ratio_grad_cap=ratio_grad_cap)
     return _r2vpo_policy_loss(log_probs, old_log_probs, advantages, response_mask, config, lam=lam,
                               reduction=reduction)
 
@@ -256,18 +273,25 @@ def _r2vpo_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, adv
     lam = _check_lambda(lam)
     batch = prepare_policy_inputs(log_probs, old_log_probs, advantages, response_mask)
     scope = ratio_scope(batch, config.ratio_level, config.center, reduction)
-    rho, c, adv, mask = scope.ratio, scope.center, batch.advantages, batch.mask
+    c, adv, mask = scope.center, batch.advantages, batch.mask
+    rho = truncated_ratio(scope.ratio, config.ratio_grad_cap)  # = scope.ratio without a cap
 
     pg_loss = -aggregate(rho * adv, mask, config.loss_agg, scope.reduction,
                          max_response_length=config.max_response_length)
     # V̂ = Σ m·(ρ − c)² / n over the global batch. c is detached: its gradient contribution,
     # −(2/n)·Σ_k m_k(ρ_k − c)·∂c/∂logp_j, is zero because Σ_k m_k(ρ_k − c) = 0 when c is the
     # mean of the same ρ, so the closed form (ρ_j/n)(A_j − 2λ(ρ_j − c)) holds either way.
-    ratio_var = aggregate((rho - c) ** 2, mask, "token-mean", scope.reduction)
+    # (With `variance_penalty: huber` the argument needs φ = x²: c is held fixed, see robust.py.)
+    ratio_var = aggregate(penalty(rho - c, config.variance_penalty, config.penalty_huber_kappa), mask, "token-mean",
+                          scope.reduction)
     var_penalty = lam * ratio_var
     loss = pg_loss + var_penalty
+    if config.variance_penalty == "quadratic":
+        eff_adv = effective_advantage(adv, rho, c, lam)
+    else:
+        eff_adv = penalized_effective_advantage(adv, rho, c, lam, config.variance_penalty, config.penalty_huber_kappa)
     return policy_output({"loss/policy": loss, "r2vpo/pg_loss": pg_loss, "r2vpo/var_penalty": var_penalty},
-                         scope, batch, effective_advantage(adv, rho, c, lam), None)
+                         scope, batch, eff_adv, None)
 
 
 def _check_lambda(lam: float | torch.Tensor) -> float:

@@ -14,6 +14,9 @@ from r2vpo_ascend.algos.errors import ConfigError
 from r2vpo_ascend.data.arithmetic import make_arithmetic_dataset
 from r2vpo_ascend.data.loading import load_problems
 from r2vpo_ascend.data.prompts import ARITHMETIC_TEMPLATE, build_prompt
+from r2vpo_ascend.data.sequence_task import SEQUENCE_DATASET, make_successor_dataset
+
+BUILT_IN_TASKS = ("arithmetic", SEQUENCE_DATASET)  # generated in-process, split by ArithmeticSplits
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class ArithmeticSplits:
 
     The defaults are `R2VPOConfig`'s (tests/test_eval.py checks they agree), so `r2vpo eval
     --bench arithmetic` scores the held-out split a default training run evaluates on.
+
+    The built-in `sequence` task (data/sequence_task.py, `sequence_length` digits) is split the
+    same way: `records(split, task="sequence")`.
     """
 
     dataset_size: int = 2000
@@ -39,11 +45,15 @@ class ArithmeticSplits:
     ops: tuple[str, ...] = ("+", "-")
     num_terms: int = 2
     eval_split: str = "test"
+    sequence_length: int = 8
 
-    def records(self, split: str) -> list[dict]:
+    def records(self, split: str, task: str = "arithmetic") -> list[dict]:
         wanted = self.dataset_size + self.eval_size
-        pool = make_arithmetic_dataset(4 * wanted, seed=self.seed, max_digits=self.max_digits, ops=list(self.ops),
-                                       num_terms=self.num_terms)
+        if task == SEQUENCE_DATASET:
+            pool = make_successor_dataset(4 * wanted, seed=self.seed, length=self.sequence_length)
+        else:
+            pool = make_arithmetic_dataset(4 * wanted, seed=self.seed, max_digits=self.max_digits,
+                                           ops=list(self.ops), num_terms=self.num_terms)
         distinct = list({r["problem"]: r for r in pool}.values())
         random.Random(self.seed).shuffle(distinct)
         validation = split != "train" and self.eval_split == "validation"
@@ -82,8 +92,8 @@ def prompt_records(source: str, tokenizer, *, split: str, template: str | None =
     prompts the bare expression unless `template` says otherwise. Otherwise `source` is a
     built-in benchmark, a data file/directory or a hub name, read through `load_problems`
     (`file_split`, at most `limit` problems)."""
-    if source == "arithmetic":
-        records = (arithmetic or ArithmeticSplits()).records(split)
+    if source in BUILT_IN_TASKS:
+        records = (arithmetic or ArithmeticSplits()).records(split, task=source)
         template = template or ARITHMETIC_TEMPLATE
     else:
         records = load_problems(source, problem_key=problem_key, answer_key=answer_key, split=file_split, limit=limit)

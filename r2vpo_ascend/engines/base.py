@@ -77,9 +77,9 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, t
 
 
 def config_lr_schedule(optimizer: torch.optim.Optimizer, config: R2VPOConfig):
-    """`make_lr_schedule` over the run's optimiser steps (`steps` x `updates_per_step`)."""
+    """`make_lr_schedule` over the run's optimiser steps (`steps` x `ppo_epochs` x `updates_per_step`)."""
     return make_lr_schedule(optimizer, config.lr_scheduler, config.warmup_steps,
-                            config.steps * config.updates_per_step)
+                            config.steps * config.ppo_epochs * config.updates_per_step)
 
 
 def sum_over_ranks(values: torch.Tensor, backend, world_size: int) -> torch.Tensor:

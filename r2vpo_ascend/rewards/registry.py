@@ -13,11 +13,13 @@ from r2vpo_ascend.rewards.base import RewardError
 from r2vpo_ascend.rewards.arithmetic import ArithmeticReward
 from r2vpo_ascend.rewards.format import FormatReward
 from r2vpo_ascend.rewards.math_reward import MathVerifyReward
+from r2vpo_ascend.rewards.sequence import SequenceReward
 
 REWARD_FNS: dict[str, Callable[..., Any]] = {
     "math_verify": MathVerifyReward,
     "arithmetic": ArithmeticReward,
     "format": FormatReward,
+    "sequence": SequenceReward,
 }
 
 
@@ -91,11 +93,12 @@ def get_reward_fn(name: str, **kwargs: Any) -> Callable:
 def resolve_reward_fn(reward: str, *, dataset: str, verify_timeout_s: float = 5.0,
                       format_reward_weight: float = 0.0) -> Callable:
     """The reward function a run or a benchmark uses: `reward` by name, where `auto` means
-    `arithmetic` for the built-in `arithmetic` dataset and `math_verify` for everything else
+    `arithmetic` for the built-in `arithmetic` dataset, `sequence` for the built-in `sequence`
+    dataset and `math_verify` for everything else
     (which alone takes the time limit and the weight of the \\boxed{} format reward)."""
     name = reward
     if name == "auto":
-        name = "arithmetic" if dataset == "arithmetic" else "math_verify"
+        name = {"arithmetic": "arithmetic", "sequence": "sequence"}.get(dataset, "math_verify")
     if name == "math_verify":
         return get_reward_fn(name, timeout_s=verify_timeout_s, format_weight=format_reward_weight)
     return get_reward_fn(name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
@@ -25,6 +24,7 @@ from r2vpo_ascend.algos.dual_settings import R2VPO_SETTINGS
 from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
 from r2vpo_ascend.algos.losses import PolicyLossConfig
 from r2vpo_ascend.algos.ratio import RATIO_LEVELS
+from r2vpo_ascend.algos.robust import DUAL_VARIANCES, PENALTIES
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -46,12 +46,7 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
 
 
-# What a resumed run may change (`on_resume` in each field's metadata). FIXED — the default
-# rule, so a field added without thinking about resume is safe — means the checkpoint's state
-# depends on it (the loss, the data, lr: the restored optimiser keeps the old one anyway) and
-# a resume with another value is refused; MAY_CHANGE fields (steps, evaluation, logging,
-# paths, performance knobs) may change, and the resume says which did.
-MAY_CHANGE, FIXED = "may_change", "fixed"
+from r2vpo_ascend.trainer.config_checks import FIXED, MAY_CHANGE, check_ranges, check_resume_config  # noqa: E402,F401
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, *, on_resume: str = FIXED, **kw):
@@ -83,7 +78,9 @@ class R2VPOConfig:
                                  on_resume=MAY_CHANGE)
     dtype: str = _f("auto", "Training dtype: `auto` (the backend's default: bf16 on accelerators, fp32 on CPU), "
                     "`float32`, `bfloat16`, `float16`.", ("auto", "float32", "bfloat16", "float16"))
-    dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), a built-in benchmark name, a "
+    dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), `sequence` (built-in task with "
+                      "responses of ≥ 16 tokens: each of `sequence_length` digits plus one, see docs/data.md), a "
+                      "built-in benchmark name, a "
                       ".jsonl/.json/.parquet file or directory, or a Hugging Face dataset name.")
     dataset_split: str = _f("train", "Split of `dataset` to train on (built-in benchmarks ship only `test`, and "
                             "gsm8k also `train_sample`; training on a test split must be asked for by name).")
@@ -91,6 +88,7 @@ class R2VPOConfig:
     arithmetic_ops: list = _f(["+", "-"], "Operators of the built-in `arithmetic` task (subset of + - *).")
     arithmetic_terms: int = _f(2, "Operands per problem of the built-in `arithmetic` task.")
     arithmetic_max_digits: int = _f(2, "Largest operand size (digits) for the built-in `arithmetic` task.")
+    sequence_length: int = _f(8, "Digits per problem of the built-in `sequence` task (8: answers of 15 characters + EOS = 16 tokens).")
     data_seed: int | None = _f(None, "Seed of the built-in `arithmetic` task's problem pool and of its train / test / "
                                "validation split, and of the held-out rows carved from a local file; default: `seed`. "
                                "Fix it to compare seeds on the same split.")
@@ -152,6 +150,23 @@ class R2VPOConfig:
     lambda_max: float = _shared("lambda_max")
     lambda_min: float = _shared("lambda_min")
     dual_step_max: float | None = _shared("dual_step_max")
+    dual_kp: float = _shared("dual_kp")
+    dual_kd: float = _shared("dual_kd")
+    # Remedies read by this trainer's loss and dual step (docs/algorithms.md "Remedies").
+    dual_variance: str = _f("spec", "V̂ the dual step reads: `spec` (the loss's Σm(ρ − c)²/n), `winsorized` (each "
+                            "(ρ − c) clipped to ±dual_variance_clip first, so a few outlier tokens cannot make one "
+                            "step's V̂ 10⁴× its usual value), or `log_ratio` (M2PO's second moment Σm(log ρ)²/n, "
+                            "Zheng et al. 2025). The loss's penalty is unchanged.", DUAL_VARIANCES)
+    dual_variance_clip: float = _f(1.0, "κ of `dual_variance: winsorized`: the largest |ρ − c| one token counts with.")
+    variance_penalty: str = _f("quadratic", "Penalty of the primal loss on each (ρ − c): `quadratic` (the spec, "
+                               "λ·(ρ − c)², gradient grows with the deviation) or `huber` (quadratic for |ρ − c| ≤ "
+                               "penalty_huber_kappa, linear beyond, so one outlier's pull is bounded by 2λκ·ρ).",
+                               PENALTIES)
+    penalty_huber_kappa: float = _f(0.5, "κ of `variance_penalty: huber`.")
+    ratio_grad_cap: float | None = _f(None, "Truncated importance weight C (TIS, Yao et al. 2025; V-trace's ρ̄, "
+                                      "Espeholt et al. 2018): a token's gradient weight is min(ρ, C) instead of ρ "
+                                      "(values unchanged), which bounds what stale tokens with ρ ≫ 1 contribute. None: "
+                                      "off (the spec).")
     clip_eps_low: float | None = _f(None, "ε (lower) of the clipping baselines; default per loss: 0.2 for "
                                     "`ppo_clip` and `clip_higher`, 3e-4 for `gspo` (GSPO paper).")
     clip_eps_high: float | None = _f(None, "ε (upper); default per loss: 0.2 for `ppo_clip`, 0.28 for "
@@ -160,6 +175,10 @@ class R2VPOConfig:
                                          "seq-mean-token-sum-norm` (Dr. GRPO); default: `max_new_tokens`.")
     dual_clip: float | None = _f(None, "Dual-clip bound c > 1 of the clipping baselines: the loss of an A < 0 "
                                  "token is capped at −c·A (tokens with ρ > c get no gradient). None: off.")
+    grad_split_every: int = _f(0, "Every N RL steps, log the split of the R²VPO gradient in parameter space "
+                               "(grad_param/*: advantage vs variance term, their cosine, the top-1% tokens' share; "
+                               "one more forward and three backwards of a mini-batch). 0: off. The per-token split "
+                               "(grad/*) is logged every step.")
     kl_coef: float = _f(0.0, "β of the KL(π_θ‖π_ref) penalty (0 disables the reference model).")
     kl_estimator: str = _f("k3", "KL estimator: `k1`, `k2` or `k3`.", ("k1", "k2", "k3"))
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (subtracted from the loss).")
@@ -168,8 +187,13 @@ class R2VPOConfig:
     steps: int = _f(100, "Number of RL steps (one rollout batch each); 0 runs only the SFT warm start and the "
                     "step-0 evaluation, then saves the model to `<output_dir>/final` (a warm start to share).",
                     on_resume=MAY_CHANGE)
-    updates_per_step: int = _f(1, "Optimiser steps per RL step: the update batch is split into this many "
-                               "mini-batches (>1 makes later mini-batches off-policy, as in PPO epochs).")
+    updates_per_step: int = _f(1, "Mini-batches per pass over the update batch: the batch is split into this many "
+                               "mini-batches, one optimiser step each (>1 makes later mini-batches off-policy; verl's "
+                               "`ppo_mini_batch_size` = batch / updates_per_step).")
+    ppo_epochs: int = _f(1, "Passes over each update batch (verl's `ppo_epochs`, TRL's `num_iterations`): every pass "
+                         "reshuffles the batch and takes `updates_per_step` optimiser steps, so one RL step takes "
+                         "ppo_epochs × updates_per_step optimiser steps on the same samples (behaviour log-probs fixed "
+                         "at sampling time).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).",
                                on_resume=MAY_CHANGE)
     gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward instead of "
@@ -235,9 +259,10 @@ class R2VPOConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
-        _check_ranges(self)
-        if self.eval_split == "validation" and (self.eval_dataset or self.dataset) != "arithmetic":
-            raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` task; "
+        check_ranges(self)
+        if self.eval_split == "validation" and (self.eval_dataset or self.dataset) not in ("arithmetic", "sequence"):
+            raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` and "
+                              "`sequence` tasks; "
                               "for other datasets set `eval_dataset` to a validation set")
         if not 0.0 <= self.replay_ratio < 1.0:
             raise ConfigError(f"config field `replay_ratio` must be in [0, 1), got {self.replay_ratio}")
@@ -247,7 +272,7 @@ class R2VPOConfig:
             raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
         self.policy_loss_config()  # the loss and dual settings are validated where they are used
         check_dual_settings(self.init_lambda, self.ratio_var_target, self.dual_lr, self.dual_update,
-                            self.lambda_max, self.lambda_min, self.dual_step_max)
+                            self.lambda_max, self.lambda_min, self.dual_step_max, kp=self.dual_kp, kd=self.dual_kd)
         if self.lambda_max < self.lambda_min:
             raise ConfigError(f"config fields `lambda_min`/`lambda_max` need 0 <= lambda_min <= lambda_max, "
                               f"got {self.lambda_min}/{self.lambda_max}")
@@ -272,7 +297,9 @@ class R2VPOConfig:
         return PolicyLossConfig(
             ratio_level=self.ratio_level, center=self.center, loss_agg=self.loss_agg,
             clip_eps_low=self.clip_eps_low, clip_eps_high=self.clip_eps_high, dual_clip=self.dual_clip,
-            max_response_length=self.max_new_tokens if self.max_response_length is None else self.max_response_length)
+            max_response_length=self.max_new_tokens if self.max_response_length is None else self.max_response_length,
+            variance_penalty=self.variance_penalty, penalty_huber_kappa=self.penalty_huber_kappa,
+            ratio_grad_cap=self.ratio_grad_cap)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -321,65 +348,6 @@ class R2VPOConfig:
             lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r}, {resume})\n"
                          f"    {f.metadata['help']}")
         return "\n".join(lines)
-
-
-def _finite(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
-    def ok(v) -> bool:
-        return v is not None and math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo)) \
-            and (hi is None or (v < hi if hi_open else v <= hi))
-    return ok
-
-
-_AT_LEAST_1 = ("prompts_per_step", "max_new_tokens", "updates_per_step", "micro_batch_size", "replay_capacity",
-               "max_prompt_length", "sft_batch_size", "eval_size", "dataset_size", "keep_checkpoints",
-               "arithmetic_terms", "arithmetic_max_digits")
-_AT_LEAST_0 = ("steps", "save_every", "sft_steps", "warmup_steps", "log_every", "num_threads", "top_k",
-               "max_staleness", "max_bad_steps")
-# (field, what the rule says, the rule; None values of optional fields are not checked)
-_RANGES = (*((n, ">= 1", lambda v: v >= 1) for n in _AT_LEAST_1),
-           *((n, ">= 0", lambda v: v >= 0) for n in _AT_LEAST_0),
-           ("num_generations", ">= 2 (advantages are relative to the group: with one response each is 0)",
-            lambda v: v >= 2),
-           *((n, "finite and > 0", _finite(0, lo_open=True))
-             for n in ("lr", "sft_lr", "temperature", "ratio_var_target", "collective_timeout_s", "verify_timeout_s",
-                       "dual_step_max", "clip_eps_low", "clip_eps_high")),
-           *((n, "finite and >= 0", _finite(0))
-             for n in ("dual_lr", "lambda_min", "lambda_max", "weight_decay", "max_grad_norm", "kl_coef",
-                       "format_reward_weight")),
-           *((n, "finite", _finite()) for n in ("init_lambda", "entropy_coef")),
-           ("top_p", "in (0, 1]", _finite(0, 1, lo_open=True)),
-           ("vllm_gpu_memory_utilization", "in (0, 1]", _finite(0, 1, lo_open=True)),
-           ("replay_ratio", "in [0, 1)", _finite(0, 1, hi_open=True)))
-
-
-def _check_ranges(config: R2VPOConfig) -> None:
-    for name, rule, ok in _RANGES:
-        value = getattr(config, name)
-        if value is not None and not ok(value):
-            raise ConfigError(f"config field `{name}` must be {rule}, got {value!r}")
-
-
-def check_resume_config(config: R2VPOConfig, state: dict, checkpoint: Path) -> None:
-    """Compare this run's config with the one saved in `state`: a changed FIXED field is
-    refused (naming every such field), changed MAY_CHANGE fields are announced, and a
-    checkpoint past `steps` is refused."""
-    saved = state.get("config") or {}
-    ignore = {"resume", "output_dir"}  # where the run is, not what it is
-    changed = [(f, saved[f.name], getattr(config, f.name)) for f in dataclasses.fields(config)
-               if f.name in saved and f.name not in ignore and saved[f.name] != getattr(config, f.name)]
-    fixed = [(f.name, old, new) for f, old, new in changed if f.metadata.get("on_resume", FIXED) == FIXED]
-    if fixed:
-        listed = ", ".join(f"{n} ({old!r} -> {new!r})" for n, old, new in fixed)
-        raise ConfigError(f"resume from {checkpoint}: these fields may not change on resume: {listed}. Use the "
-                          "checkpoint's values, or resume=never to start a new run (the earlier one is kept in "
-                          "previous_runs/)")
-    if changed:
-        print(f"[resume] changed since the checkpoint: "
-              + ", ".join(f"{f.name} {old!r} -> {new!r}" for f, old, new in changed), flush=True)
-    step = state.get("trainer", {}).get("step", 0)
-    if step > config.steps:
-        raise ConfigError(f"resume from {checkpoint}: the checkpoint is at RL step {step}, past steps={config.steps}; "
-                          "raise steps to continue it, or use resume=never to start a new run")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

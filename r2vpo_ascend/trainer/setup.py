@@ -17,12 +17,14 @@ def arithmetic_splits(config: R2VPOConfig) -> ArithmeticSplits:
     return ArithmeticSplits(dataset_size=config.dataset_size, eval_size=config.eval_size,
                             seed=config.seed if config.data_seed is None else config.data_seed,
                             max_digits=config.arithmetic_max_digits, ops=tuple(config.arithmetic_ops),
-                            num_terms=config.arithmetic_terms, eval_split=config.eval_split)
+                            num_terms=config.arithmetic_terms, eval_split=config.eval_split,
+                            sequence_length=config.sequence_length)
 
 
 def arithmetic_split(config: R2VPOConfig, split: str) -> list[dict]:
-    """`split` (`train` or `eval`) of the built-in task, without prompts."""
-    return arithmetic_splits(config).records(split)
+    """`split` (`train` or `eval`) of the built-in task (`arithmetic` or `sequence`), without prompts."""
+    source = config.dataset if split == "train" else (config.eval_dataset or config.dataset)
+    return arithmetic_splits(config).records(split, task=source if source == "sequence" else "arithmetic")
 
 
 def config_records(config: R2VPOConfig, tokenizer, *, split: str) -> list[dict]:

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 import device
-from r2vpo_ascend.algos import DualController, compute_advantages
+from r2vpo_ascend.algos import compute_advantages
+from r2vpo_ascend.algos.dual_settings import dual_controller
 from r2vpo_ascend.replay import ReplayBuffer, Rollout, replay_count
 from r2vpo_ascend.rewards import CORRECT_THRESHOLD
 from r2vpo_ascend.data import PromptSampler
@@ -140,9 +141,7 @@ class R2VPOTrainer:
         """Replay buffer, dual controller (λ), the update phase and the sampling settings."""
         cfg = self.config
         self.buffer = ReplayBuffer(cfg.replay_capacity, cfg.max_staleness, seed=cfg.seed)
-        self.dual = DualController(cfg.init_lambda, cfg.ratio_var_target, cfg.dual_lr,
-                                   mode=cfg.dual_update, lambda_max=cfg.lambda_max,
-                                   lambda_min=cfg.lambda_min, max_step=cfg.dual_step_max)
+        self.dual = dual_controller(cfg)  # the shared settings table's one builder (algos/dual_settings.py)
         self.updater = PolicyUpdater(self.engine, cfg, self.dual, pad_id=self.tokenizer.pad_token_id)
         self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
 

@@ -1,0 +1,156 @@
+"""The report of `experiments.sample_efficiency`: `<out>/summary.json` and the markdown report,
+every number computed from the runs' metrics.jsonl (helpers from experiments/report.py).
+
+Definitions (stated in the report too):
+- accuracy: greedy `eval/accuracy` on the held-out split the stage uses; step 0 = the warm start;
+- late: mean of the last 5 evaluations; acc@half: the last evaluation at or before half the
+  run's rollouts; worst drop: the largest fall between consecutive evaluations;
+- target (per task and stage): mean warm start + half the largest mean gain (late − warm start)
+  of any arm; rollouts to target: first evaluation where it and the previous one average at or
+  above the seed's warm start + that gain (experiments/report.py `rollouts_to_level`);
+- collapsed: the run's late accuracy is below its warm start;
+- diagnostics (means over the run's steps unless said): grad/top1pct_share, grad/var_share,
+  the largest r2vpo/lambda_max_change of any step, the largest r2vpo/ratio_max, clip/frac.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from experiments.report import mean_std, rollouts_to_level
+from experiments.report_data import HAND_WRITTEN, late_accuracy, read_run
+
+DIAG_MEAN = ("grad/top1pct_share", "grad/var_share", "grad/top1pct_var_share", "r2vpo/lambda", "clip/frac",
+             "r2vpo/ratio_var", "r2vpo/dual_ratio_var")
+DIAG_MAX = ("r2vpo/lambda_max_change", "r2vpo/ratio_max", "grad_norm")
+STAGE_TITLES = {"A": "Stage A: screen at the collapse setting (lr 3e-4, ppo_epochs 4, replay 0.5)",
+                "B": "Stage B: tuning on the validation split", "C": "Stage C: final runs"}
+
+
+def run_numbers(run_dir: Path) -> dict:
+    run = read_run(run_dir)
+    evals, steps = run["evals"], run["steps"]
+    accs = [a for _, _, a in evals]
+    half = evals[-1][1] / 2
+    out = {"acc0": accs[0], "late": late_accuracy(evals), "final": accs[-1],
+           "acc_at_half": [a for _, ro, a in evals if ro <= half][-1],
+           "worst_drop": max([0.0] + [accs[i - 1] - accs[i] for i in range(1, len(accs))]),
+           "curve": [[ro, a] for _, ro, a in evals], "rollouts": evals[-1][1], "wall_s": run["wall_s"]}
+    for key in DIAG_MEAN:
+        values = [r[key] for r in steps if isinstance(r.get(key), (int, float))]
+        out[key] = statistics.fmean(values) if values else None
+    for key in DIAG_MAX:
+        values = [r[key] for r in steps if isinstance(r.get(key), (int, float))]
+        out["max " + key] = max(values) if values else None
+    out["collapsed"] = out["late"] < out["acc0"]
+    return out
+
+
+def summarise(out: Path) -> dict:
+    """{stage: {task: {arm: {"runs": {seed: numbers}, "missing": [seeds], ...aggregates}}}}."""
+    summary = {}
+    for plan_path in sorted(out.glob("plan_*.json")):
+        plan = json.loads(plan_path.read_text())
+        stage = plan["stage"]
+        per_task: dict = {}
+        for row in plan["runs"]:
+            if row["kind"] == "sft":
+                continue
+            cell = per_task.setdefault(row["task"], {}).setdefault(row["arm"], {"runs": {}, "missing": []})
+            done = out / row["run_dir"] / "done.json"
+            # only finished runs count (a run in progress has a partial metrics.jsonl)
+            if not done.exists() or json.loads(done.read_text()).get("rc") != 0:
+                cell["missing"].append(row["seed"])
+                continue
+            try:
+                cell["runs"][str(row["seed"])] = run_numbers(out / row["run_dir"])
+            except (FileNotFoundError, ValueError):
+                cell["missing"].append(row["seed"])
+        for task, arms in per_task.items():
+            for cell in arms.values():
+                runs = list(cell["runs"].values())
+                for key in ("acc0", "late", "acc_at_half", "worst_drop"):
+                    cell[key] = mean_std([r[key] for r in runs])
+                cell["collapsed"] = sum(r["collapsed"] for r in runs)
+            gains = [c["late"]["mean"] - c["acc0"]["mean"] for c in arms.values() if c["runs"]]
+            gain = max(gains) / 2 if gains and max(gains) > 0 else None
+            for cell in arms.values():
+                reached = [rollouts_to_level(r["curve"], None if gain is None else r["acc0"] + gain)
+                           for r in cell["runs"].values()]
+                cell["target_gain"] = gain
+                cell["reached"] = sum(x is not None for x in reached)
+                cell["rollouts_to_target"] = mean_std([x for x in reached if x is not None])
+        summary[stage] = {"tasks": per_task, "plan": {k: plan[k] for k in ("command", "arms", "tasks", "setting")}}
+    return summary
+
+
+def _pct(d) -> str:
+    if d is None or d.get("mean") is None:
+        return "–"
+    return f"{100 * d['mean']:.1f}" + (f" ± {100 * d['std']:.1f}" if d.get("n", 0) > 1 else "")
+
+
+def _num(x, fmt="{:.3g}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _mean_of(cell: dict, key: str):
+    values = [r[key] for r in cell["runs"].values() if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _max_of(cell: dict, key: str):
+    values = [r[key] for r in cell["runs"].values() if r.get(key) is not None]
+    return max(values) if values else None
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Sample-efficiency study (issue 11)", "",
+             "Generated by `python -m experiments.sample_efficiency` from the runs' metrics.jsonl "
+             "(experiments/sample_efficiency.py; summary in `experiments/results/sample_efficiency/summary.json`). "
+             "Do not edit by hand: rerun with `--report-only`.", "",
+             __doc__.split("\n\n", 1)[1].strip(), ""]
+    for stage in sorted(summary):
+        block = summary[stage]
+        lines += [f"## {STAGE_TITLES[stage]}", "",
+                  f"Run (or resume) with `python -m experiments.sample_efficiency --stage {stage}`.", ""]
+        arms = block["plan"]["arms"]
+        for task, cells in block["tasks"].items():
+            title = block["plan"]["tasks"].get(task, task)
+            gain = next((c["target_gain"] for c in cells.values()), None)
+            lines += [f"### {task}: {title}", "",
+                      f"Target = warm start + {_num(None if gain is None else 100 * gain, '{:.1f}')} points "
+                      "(half the largest mean gain).", "",
+                      "| arm | seeds done | warm start % | late % | acc@half % | reached | rollouts to target | "
+                      "worst drop | collapsed | top-1% share | var share | max Δλ | max ρ | clip frac |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            for arm, cell in cells.items():
+                n = len(cell["runs"])
+                rtt = cell["rollouts_to_target"]
+                lines.append(
+                    f"| `{arm}` {arms.get(arm.split('/')[0], '')} | {n}/{n + len(cell['missing'])} | "
+                    f"{_pct(cell['acc0'])} | {_pct(cell['late'])} | {_pct(cell['acc_at_half'])} | "
+                    f"{cell['reached']}/{n} | {_num(rtt['mean'], '{:,.0f}')} | {_pct(cell['worst_drop'])} | "
+                    f"{cell['collapsed']}/{n} | {_num(_mean_of(cell, 'grad/top1pct_share'), '{:.2f}')} | "
+                    f"{_num(_mean_of(cell, 'grad/var_share'), '{:.2f}')} | "
+                    f"{_num(_max_of(cell, 'max r2vpo/lambda_max_change'))} | "
+                    f"{_num(_max_of(cell, 'max r2vpo/ratio_max'))} | {_num(_mean_of(cell, 'clip/frac'), '{:.3f}')} |")
+            missing = {arm: cell["missing"] for arm, cell in cells.items() if cell["missing"]}
+            lines.append("")
+            if missing:
+                lines += ["Not run (or not finished) yet: " +
+                          "; ".join(f"`{a}` seeds {s}" for a, s in missing.items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(out: Path, report_path: Path) -> dict:
+    summary = summarise(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    # the text after the HAND_WRITTEN marker (the diagnosis) survives a rebuild, as in docs/results.md
+    old = report_path.read_text() if report_path.exists() else ""
+    kept = old.split(HAND_WRITTEN, 1)[1] if HAND_WRITTEN in old else "\n"
+    report_path.write_text(markdown(summary) + "\n" + HAND_WRITTEN + kept)
+    return summary

@@ -1,0 +1,36 @@
+"""Per-position reward for the built-in sequence task (``r2vpo_ascend.data.sequence_task``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from r2vpo_ascend.rewards.base import column_for
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+class SequenceReward:
+    """The share of the answer's numbers the completion gets right, position by position, over
+    max(len(answer), len(completion)) numbers: ``"4 0 3"`` for ``"4 0 3"`` scores 1, ``"4 0 2"``
+    2/3, ``"4 0"`` 2/3, ``"4 0 3 1"`` 3/4 (extra numbers cost too), no number 0.
+
+    Partial credit because the task's answers are 8 numbers long: an exact-match reward is
+    almost always 0 for a partly trained policy (no signal), this one moves with each token.
+    The trainer's accuracy (share of completions scoring > 0.5) then counts completions with
+    more than half the numbers right; ``eval/reward_mean`` is the mean share of right numbers.
+    """
+
+    __name__ = "sequence"
+
+    def __init__(self, *, answer_key: str = "answer"):
+        self.answer_key = answer_key
+
+    def __call__(self, prompts: list[str] | None, completions: list[str], **columns: Any) -> list[float]:
+        golds = column_for(columns, self.answer_key, len(completions), self.__name__)
+        scores = []
+        for completion, gold in zip(completions, golds):
+            got, want = _NUMBER.findall(str(completion)), _NUMBER.findall(str(gold))
+            width = max(len(got), len(want))
+            scores.append(sum(a == b for a, b in zip(got, want)) / width if width else 0.0)
+        return scores
