@@ -1,4 +1,4 @@
-"""Shared inputs for the loss tests (test_losses.py, test_loss_library.py)."""
+"""Shared inputs for the loss tests (test_losses.py, test_loss_library.py, test_loss_contract.py)."""
 
 import torch
 

@@ -304,6 +304,11 @@ def _worker(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "world_size": trainer.accelerator.num_processes, "history": history, "final": trainer.r2vpo_dual.lam,
         "local_ratio_var": local}))
+    # Tear the gloo group down before interpreter exit: left to the destructors, a rank could
+    # abort at exit ("terminate called without an active exception") after a successful run.
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
