@@ -163,6 +163,7 @@ def _dequantize(path: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers raises NotImplementedError for a GGUF architecture or tensor type it cannot read.
     except (ValueError, KeyError, RuntimeError, NotImplementedError) as e:
         raise ModelLoadError(f"transformers could not load GGUF file {path}: {type(e).__name__}: {e}") from e
     strip_quantization_state(model)

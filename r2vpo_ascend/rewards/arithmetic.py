@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from r2vpo_ascend.rewards.base import column_for
+from r2vpo_ascend.rewards.base import GoldAnswerReward
 
 # A sign belongs to the number only when it does not follow a word character or ")": "5-3" holds 5 and 3.
 _INTEGER = re.compile(r"(?:(?<![\w)])[-+])?\d+")
@@ -39,7 +39,7 @@ def _as_int(text: Any) -> int | None:
         return None
 
 
-class ArithmeticReward:
+class ArithmeticReward(GoldAnswerReward):
     """1.0 when the completion's final integer (``extract_final_integer``) equals the ``answer`` column, else 0.0.
 
     In-process and fast: no worker pool. Answers compare as integers (``"+19"`` and ``"019"``
@@ -48,20 +48,11 @@ class ArithmeticReward:
 
     __name__ = "arithmetic"
 
-    def __init__(self, *, answer_key: str = "answer"):
-        self.answer_key = answer_key
-
-    def __call__(self, prompts: list[str] | None, completions: list[str], **columns: Any) -> list[float]:
-        golds = column_for(columns, self.answer_key, len(completions), self.__name__)
-        scores = []
-        for completion, gold in zip(completions, golds):
-            predicted = extract_final_integer(str(completion))
-            if predicted is None:
-                scores.append(0.0)
-                continue
-            gold_int = _as_int(gold)
-            if gold_int is None:
-                scores.append(1.0 if predicted == str(gold).strip() else 0.0)
-            else:
-                scores.append(1.0 if _as_int(predicted) == gold_int else 0.0)
-        return scores
+    def score(self, completion: str, gold: Any) -> float:
+        predicted = extract_final_integer(completion)
+        if predicted is None:
+            return 0.0
+        gold_int = _as_int(gold)
+        if gold_int is None:
+            return 1.0 if predicted == str(gold).strip() else 0.0
+        return 1.0 if _as_int(predicted) == gold_int else 0.0

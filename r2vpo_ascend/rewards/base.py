@@ -12,6 +12,7 @@ answer G times).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import numbers
 from typing import Any, Protocol, Sequence
 from r2vpo_ascend.algos.errors import RewardError  # noqa: F401  (re-exported)
@@ -74,3 +75,21 @@ def column_for(columns: dict[str, Any], key: str, n_expected: int, source_name: 
             f"{n_expected} completions (expected one per completion)"
         )
     return values
+
+
+class GoldAnswerReward(ABC):
+    """A reward that scores each completion against its row's gold answer (the `answer_key`
+    column), one completion at a time: subclasses define `__name__` and `score`."""
+
+    __name__ = "gold_answer"
+
+    def __init__(self, *, answer_key: str = "answer"):
+        self.answer_key = answer_key
+
+    @abstractmethod
+    def score(self, completion: str, gold: Any) -> float:
+        """One completion's reward against its gold answer."""
+
+    def __call__(self, prompts: list[str] | None, completions: list[str], **columns: Any) -> list[float]:
+        golds = column_for(columns, self.answer_key, len(completions), self.__name__)
+        return [self.score(str(completion), gold) for completion, gold in zip(completions, golds)]

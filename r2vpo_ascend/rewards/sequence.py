@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from r2vpo_ascend.rewards.base import column_for
+from r2vpo_ascend.rewards.base import GoldAnswerReward
 
 _NUMBER = re.compile(r"-?\d+")
 
 
-class SequenceReward:
+class SequenceReward(GoldAnswerReward):
     """The share of the answer's numbers the completion gets right, position by position, over
     max(len(answer), len(completion)) numbers: ``"4 0 3"`` for ``"4 0 3"`` scores 1, ``"4 0 2"``
     2/3, ``"4 0"`` 2/3, ``"4 0 3 1"`` 3/4 (extra numbers cost too), no number 0.
@@ -23,14 +23,7 @@ class SequenceReward:
 
     __name__ = "sequence"
 
-    def __init__(self, *, answer_key: str = "answer"):
-        self.answer_key = answer_key
-
-    def __call__(self, prompts: list[str] | None, completions: list[str], **columns: Any) -> list[float]:
-        golds = column_for(columns, self.answer_key, len(completions), self.__name__)
-        scores = []
-        for completion, gold in zip(completions, golds):
-            got, want = _NUMBER.findall(str(completion)), _NUMBER.findall(str(gold))
-            width = max(len(got), len(want))
-            scores.append(sum(a == b for a, b in zip(got, want)) / width if width else 0.0)
-        return scores
+    def score(self, completion: str, gold: Any) -> float:
+        got, want = _NUMBER.findall(completion), _NUMBER.findall(str(gold))
+        width = max(len(got), len(want))
+        return sum(a == b for a, b in zip(got, want)) / width if width else 0.0

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from dataclasses import dataclass

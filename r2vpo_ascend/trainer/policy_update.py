@@ -79,7 +79,7 @@ class PolicyUpdater:
             raise ValueError(f"update: positions must be distinct indices below the global batch size {num_global}")
         every = cfg.grad_split_every
         # parameter-space split (param_split.py): first optimiser step of RL steps N, 2N, ... (step = version + 1)
-        self._param_split_due = bool(every) and cfg.loss == "r2vpo" and (current_version + 1) % every == 0 and \
+        split_due = bool(every) and cfg.loss == "r2vpo" and (current_version + 1) % every == 0 and \
             getattr(engine, "zero_stage", 0) != 3
         per_step, lam_before, largest_change = [], self.dual.lam, 0.0
         for epoch in range(cfg.ppo_epochs):
@@ -92,7 +92,8 @@ class PolicyUpdater:
             num_micro = self._micro_batch_counts(minis)  # per mini-batch, the same on every rank
             for mini, n in zip(minis, num_micro):
                 if n:
-                    per_step.append(self._optimizer_step(mini, current_version, n))
+                    per_step.append(self._optimizer_step(mini, current_version, n,
+                                                         param_split=split_due and not per_step))
                     largest_change = max(largest_change, abs(self.dual.lam - lam_before))
                     lam_before = self.dual.lam
         keys = dict.fromkeys(k for m in per_step for k in m)  # buckets may differ between mini-batches
@@ -111,7 +112,8 @@ class PolicyUpdater:
         table[self.engine.rank] = torch.tensor(counts, dtype=torch.float64)
         return [int(c) for c in self.engine.all_reduce_sum(table).max(dim=0).values.tolist()]
 
-    def _optimizer_step(self, mini: list[Rollout], current_version: int, num_micro: int) -> dict:
+    def _optimizer_step(self, mini: list[Rollout], current_version: int, num_micro: int, *,
+                        param_split: bool = False) -> dict:
         cfg, engine, loss_config = self.config, self.engine, self.loss_config
         micro = list(_chunks(mini, cfg.micro_batch_size))
         micro += [[self._padding_row(current_version)] for _ in range(num_micro - len(micro))]
@@ -157,17 +159,16 @@ class PolicyUpdater:
             engine.backward(loss)
             if not chunk[0].extras.get("padding"):
                 kept.append((out.ratio.float().cpu(), advantages.cpu(), mask.cpu(), tensors["staleness"]))
-        param_split = {}
-        if self._param_split_due:  # at the weights of this step's gradient (autograd.grad leaves .grad alone)
-            self._param_split_due = False
+        split_metrics = {}
+        if param_split:  # at the weights of this step's gradient (autograd.grad leaves .grad alone)
             chunks = [(t["batch"], t["mask"], pad_right([r.old_log_probs for r in c], t["T"]), t["advantages"])
                       for c in micro for t in [self._tensors(c, current_version)]]
-            param_split = param_space_split(engine, cfg, loss_config, chunks, lam=lam, reduction=reduction)
+            split_metrics = param_space_split(engine, cfg, loss_config, chunks, lam=lam, reduction=reduction)
         grad_norm = engine.step()
         dual_var = self._dual_variance(stats, kept)  # global V̂ (or its robust variant) over the mini-batch
         self.dual.update(dual_var)                    # the dual step: identical λ on every rank
         local = dict(zip(local, reduction.sum(torch.tensor(list(local.values()), dtype=torch.float64)).tolist()))
-        metrics = {**terms, **local, **stats.to_metrics(), **param_split, "grad_norm": grad_norm,
+        metrics = {**terms, **local, **stats.to_metrics(), **split_metrics, "grad_norm": grad_norm,
                    "r2vpo/dual_ratio_var": dual_var}
         if kept:  # replay and gradient diagnostics are over this rank's share (reweighter.py)
             ratio, advantages, mask, staleness = _concat(kept)

@@ -24,7 +24,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Iterator
+from typing import Callable, Iterator
 
 from r2vpo_ascend.algos.errors import CheckpointError, NonFiniteError, OutputDirLockedError, TrainingDivergedError
 
@@ -184,10 +184,13 @@ class DivergenceGuard:
     def count(self, bad: bool) -> None:
         self.skipped += bool(bad)
 
-    def check(self, step: int, bad: bool, names: list[str], *, rank: int, last_checkpoint: Path | None) -> None:
-        """After a bad step is logged: raise TrainingDivergedError once past the budget."""
+    def check(self, step: int, bad: bool, names: list[str], *, rank: int,
+              last_checkpoint: Callable[[], Path | None]) -> None:
+        """After a bad step is logged: raise TrainingDivergedError once past the budget
+        (`last_checkpoint` is only asked then: no directory scan on a good step)."""
         if not bad or self.skipped <= self.max_bad_steps:
             return
+        last_checkpoint = last_checkpoint()
         what = ", ".join(names) or "a value on another rank"
         kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else \
             "no checkpoint was written before it"

@@ -246,7 +246,7 @@ class R2VPOTrainer:
         if self.dist.is_main and cfg.log_every and step % cfg.log_every == 0:
             print(summary_line(record), flush=True)
         self.guard.check(step, n_nonfinite > 0, nonfinite, rank=self.dist.rank,  # stops before any save
-                         last_checkpoint=latest_checkpoint(self.output_dir))
+                         last_checkpoint=lambda: latest_checkpoint(self.output_dir))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or n_stop:
             self._save(step)
         if n_stop and step < cfg.steps:
