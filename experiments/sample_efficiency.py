@@ -10,9 +10,10 @@ Stages (issue 11 "A study built for sample efficiency"):
      collapsed (lr 3e-4, ppo_epochs 4, replay 0.5), 2 tasks × 2 seeds, test split;
   B  tune at most 4 arms (`--arms`: the best remedy of stage A, the spec, PPO-clip + replay) over
      lr {1e-4, 3e-4} × reuse {(ppo_epochs 1, replay 0), (2, 0.5), (4, 0.5), (1, 0.75)} on the
-     validation split, 1 seed, the same budget for each;
-  C  final: those arms at their stage-B pick (best late validation accuracy), plus clip-higher
-     and GSPO at their defaults, 5 seeds × 2 tasks, test split.
+     validation split, 1 seed (its own warm start), the same budget for each, per task;
+  C  final: those arms at their stage-B pick per task (the best mean validation accuracy over the
+     run, `tuning_score`), plus clip-higher and GSPO at their loss defaults with PPO-clip's pick,
+     5 seeds × 2 tasks, test split; the target gain is fixed from stage B before stage C runs.
 Every (task, seed) shares one supervised warm start (trained once, loaded with sft_steps 0), as in
 experiments/paper_claims.py, whose Run, execute_run (config-hash caching, one process per run) and
 scheduler this module reuses. Runs go one at a time (`--jobs 0`: in this process; default 1: one
@@ -44,6 +45,7 @@ class SETask:
     name: str
     title: str
     overrides: dict
+    tuned_steps: int = 100  # RL steps of a stage-B/C run (stage A: STEPS), unless --steps says otherwise
 
 
 SE_TASKS = {
@@ -53,7 +55,10 @@ SE_TASKS = {
     "sequence": SETask("sequence", "each of 8 digits plus one (mod 10), answers of 16 tokens",
                        {"dataset": "sequence", "sequence_length": 8, "dataset_size": 3000, "max_new_tokens": 20,
                         # 25 SFT steps: a partly trained warm start (r2vpo_ascend/data/sequence_task.py)
-                        "sft_steps": 25}),
+                        "sft_steps": 25},
+                     # Stage A: every R²VPO arm was at 100% by 5,760-6,400 rollouts (50 steps) of its 100:
+                     # stages B and C stop at 60 steps (7,680 rollouts), the compute after saturation measures nothing.
+                     tuned_steps=60),
 }
 
 # The issue's stage-A setting: where the spec's R²VPO collapsed (lr 3e-4, 4 passes, replay 0.5).
@@ -75,6 +80,8 @@ ARMS = {  # name -> (title, overrides); every remedy alone on top of the spec's 
     "clip_higher": ("clip-higher (DAPO defaults)", {"loss": "clip_higher"}),
     "gspo": ("GSPO (paper defaults)", {"loss": "gspo"}),
 }
+# Stage C adds these at their loss defaults (ε), with PPO-clip's stage-B lr and reuse: same budget and reuse.
+ARMS_AT_DEFAULTS = ("clip_higher", "gspo")
 STAGE_A_ARMS = ("spec", "huber", "tis", "winsor", "m2", "normalized", "pid", "sequence_ratio", "ppo_clip")
 LRS_B = (1e-4, 3e-4)
 REUSE_B = ({"ppo_epochs": 1, "replay_ratio": 0.0}, {"ppo_epochs": 2, "replay_ratio": 0.5},
@@ -120,12 +127,12 @@ def _rl(kind: str, out: Path, warm: SERun, arm: str, overrides: dict, steps: int
     return SERun(kind, warm.task, warm.seed, d, cfg, arm=name, deps=[warm])
 
 
-def build_plan(stage: str, tasks: list, arms: list, seeds: int | None, steps: int, out: Path,
+def build_plan(stage: str, tasks: list, arms: list, seeds: int | None, steps: int | None, out: Path,
                picks: dict | None = None) -> list[SERun]:
     """The runs of one stage, in the order they run (seed-major: a partial stage still has
-    every arm on the first seeds). ``picks`` (stage C): arm -> its stage-B overrides."""
+    every arm on the first seeds). ``picks`` (stage C): task -> arm -> its stage-B overrides."""
     common = dict(SE_BASE, num_threads=1, data_seed=0)
-    eval_every = max(1, steps // EVALS_PER_RUN)
+    eval_every = max(1, STEPS // EVALS_PER_RUN)  # the warm start's (its config, so its cache key, is stage-independent)
     n_seeds = SEEDS[stage] if seeds is None else seeds
     seed_list = [TUNE_SEED] if stage == "B" else list(range(n_seeds))
     warms = {(t, s): _warm(out, t, s, common, eval_every) for s in seed_list for t in tasks}
@@ -134,44 +141,79 @@ def build_plan(stage: str, tasks: list, arms: list, seeds: int | None, steps: in
         for task in tasks:
             warm = warms[(task, seed)]
             runs.append(warm)
+            task_steps = steps or (STEPS if stage == "A" else SE_TASKS[task].tuned_steps)
             for arm in arms:
                 if stage == "A":
-                    runs.append(_rl("screen", out, warm, arm, REUSE_A, steps, "test", arm))
+                    runs.append(_rl("screen", out, warm, arm, REUSE_A, task_steps, "test", arm))
                 elif stage == "B":
-                    for lr in LRS_B:
-                        for reuse in REUSE_B:
-                            name = f"{arm}/lr{lr:g}_e{reuse['ppo_epochs']}_r{reuse['replay_ratio']:g}"
-                            runs.append(_rl("tune_b", out, warm, arm, dict(reuse, lr=lr), steps, "validation", name))
+                    for suffix, overrides in tune_grid(arm):
+                        runs.append(_rl("tune_b", out, warm, arm, overrides, task_steps, "validation",
+                                        f"{arm}/{suffix}"))
                 else:
-                    runs.append(_rl("final", out, warm, arm, (picks or {}).get(arm, REUSE_A), steps, "test", arm))
+                    chosen = (picks or {}).get(task, {}).get(arm, REUSE_A)
+                    runs.append(_rl("final", out, warm, arm, chosen, task_steps, "test", arm))
     return runs
 
 
-def stage_b_picks(out: Path, task: str, arms: list) -> dict:
-    """arm -> the stage-B overrides with the best late validation accuracy (on `task`)."""
+def tune_grid(arm: str) -> list[tuple[str, dict]]:
+    """Stage B's candidates of one arm: (run-name suffix, overrides), the same grid for every arm."""
+    return [(f"lr{lr:g}_e{reuse['ppo_epochs']}_r{reuse['replay_ratio']:g}", dict(reuse, lr=lr))
+            for lr in LRS_B for reuse in REUSE_B]
+
+
+def tuning_score(evals: list) -> float:
+    """Stage B's criterion: the mean validation accuracy over the run's evaluations after step 0
+    (the area under the learning curve ÷ the budget). It rewards reaching a level early, which is
+    what "rollouts to target" measures; late accuracy alone would pick a slow setting that ends high."""
+    accs = [a for step, _, a in evals if step > 0]
+    if not accs:
+        raise ValueError("no evaluation after step 0")
+    return sum(accs) / len(accs)
+
+
+def stage_b_scores(out: Path, task: str, arm: str) -> dict:
+    """suffix -> {"overrides", "score", "gain"} of every finished stage-B run of `arm` on `task`."""
     from experiments.report_data import late_accuracy, read_run
+    scores = {}
+    for suffix, overrides in tune_grid(arm):
+        d = out / "tune_b" / task / arm / suffix / f"seed{TUNE_SEED}"
+        done = d / "done.json"
+        if not done.exists() or json.loads(done.read_text()).get("rc") != 0:
+            continue
+        evals = read_run(d)["evals"]
+        scores[suffix] = {"overrides": overrides, "score": tuning_score(evals),
+                          "gain": late_accuracy(evals) - evals[0][2]}
+    return scores
+
+
+def stage_b_picks(out: Path, task: str, arms: list) -> dict:
+    """arm -> the stage-B overrides with the best tuning score on `task` (arms with no finished
+    stage-B run are left out)."""
     picks = {}
     for arm in arms:
-        best = None
-        for lr in LRS_B:
-            for reuse in REUSE_B:
-                d = out / "tune_b" / task / f"{arm}/lr{lr:g}_e{reuse['ppo_epochs']}_r{reuse['replay_ratio']:g}" / \
-                    f"seed{TUNE_SEED}"
-                try:
-                    score = late_accuracy(read_run(d)["evals"])
-                except (FileNotFoundError, ValueError):
-                    continue
-                if best is None or score > best[0]:
-                    best = (score, dict(reuse, lr=lr))
-        if best is not None:
-            picks[arm] = best[1]
+        scores = stage_b_scores(out, task, arm)
+        if scores:
+            picks[arm] = max(scores.values(), key=lambda v: v["score"])["overrides"]
     return picks
 
 
-def write_plan(out: Path, stage: str, runs: list[SERun], command: str) -> None:
-    """`<out>/plan_<stage>.json`: what the stage holds and each run's status (merged with earlier)."""
+def stage_b_target_gain(out: Path, task: str, arms: list) -> float | None:
+    """Half the largest validation gain (late − warm start) of any stage-B run on `task`: stage C's
+    target is each seed's warm start + this, fixed before stage C runs (issue 11 item 4)."""
+    gains = [v["gain"] for arm in arms for v in stage_b_scores(out, task, arm).values()]
+    return max(gains) / 2 if gains and max(gains) > 0 else None
+
+
+def write_plan(out: Path, stage: str, runs: list[SERun], command: str, extra: dict | None = None) -> None:
+    """`<out>/plan_<stage>.json`: what the stage holds and each run's status (merged with earlier).
+    `extra` goes into its "setting"; a value an earlier command recorded there wins (stage C's
+    target gains are fixed when stage C is first planned)."""
     path = out / f"plan_{stage}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
+    setting = {"base": SE_BASE, "reuse_A": REUSE_A, "r2vpo": R2VPO_BASE, **(extra or {})}
+    for key, value in old.get("setting", {}).items():
+        if key in (extra or {}) and isinstance(value, dict):
+            setting[key] = {**setting[key], **{k: v for k, v in value.items() if v is not None}}
     done = {r["run_dir"]: r for r in old.get("runs", [])}
     rows = []
     for r in runs:
@@ -190,7 +232,7 @@ def write_plan(out: Path, stage: str, runs: list[SERun], command: str) -> None:
     path.write_text(json.dumps({"stage": stage, "command": command, "runs": rows,
                                 "arms": {a: ARMS[a][0] for a in {row["arm"].split("/")[0] for row in rows if row["arm"]}},
                                 "tasks": {t: SE_TASKS[t].title for t in {row["task"] for row in rows}},
-                                "setting": {"base": SE_BASE, "reuse_A": REUSE_A, "r2vpo": R2VPO_BASE}},
+                                "setting": setting},
                                indent=1, default=str))
 
 
@@ -202,7 +244,9 @@ def main(argv=None) -> int:
     p.add_argument("--arms", nargs="+", default=None, help="default: stage A every arm of STAGE_A_ARMS; B and C "
                    "need the arms to tune (at most 4), C adds clip_higher and gspo")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: A 2, C 5; B uses its own seed)")
-    p.add_argument("--steps", type=int, default=STEPS, help="RL steps per run (default %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help=f"RL steps per run (default: stage A {STEPS}; stages B "
+                   "and C each task's tuned_steps: " + ", ".join(f"{t.name} {t.tuned_steps}" for t in SE_TASKS.values())
+                   + ")")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--report", default=str(REPORT))
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each a subprocess (0: in this process)")
@@ -218,18 +262,21 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown arms {unknown}; choose from {sorted(ARMS)}")
     if args.stage == "B" and len(arms) > 4:
         raise SystemExit("stage B tunes at most 4 arms")
-    picks = None
+    picks, extra = None, None
     if args.stage == "C":
-        picks = {a: stage_b_picks(out, args.tasks[0], [a]).get(a) for a in arms}
-        missing = [a for a, v in picks.items() if v is None]
+        picks = {t: stage_b_picks(out, t, arms) for t in args.tasks}
+        extra = {"target_gain": {t: stage_b_target_gain(out, t, arms) for t in args.tasks}, "picks": picks}
+        missing = [(t, a) for t in args.tasks for a in arms if a not in picks[t]]
         if missing and not (args.dry_run or args.report_only):
             raise SystemExit(f"stage C needs stage B's picks; none yet for {missing}")
-        arms = arms + [a for a in ("clip_higher", "gspo") if a not in arms]
-        picks = {a: v for a, v in picks.items() if v is not None}
+        for t in args.tasks:
+            if "ppo_clip" in picks[t]:
+                picks[t].update({a: picks[t]["ppo_clip"] for a in ARMS_AT_DEFAULTS})
+        arms = arms + [a for a in ARMS_AT_DEFAULTS if a not in arms]
     runs = build_plan(args.stage, args.tasks, arms, args.seeds, args.steps, out, picks)
     estimate = simulate(runs, max(args.jobs, 1))
     rl = [r for r in runs if r.kind != "sft"]
-    print(f"[plan] stage {args.stage}: {len(runs) - len(rl)} warm starts, {len(rl)} RL runs of {args.steps} steps; "
+    print(f"[plan] stage {args.stage}: {len(runs) - len(rl)} warm starts, {len(rl)} RL runs ({args.steps or 'default'} steps); "
           f"tasks {args.tasks}, arms {arms}; estimated {estimate / 3600:.1f} h one at a time "
           f"(cost model; finished runs are skipped, so a resumed stage takes less)", flush=True)
     command = "python -m experiments.sample_efficiency " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -239,10 +286,10 @@ def main(argv=None) -> int:
         def notify(run: SERun) -> None:
             print(f"[{run.status:7s}] {run.kind} {run.task} {run.arm or ''} seed{run.seed} {run.wall_s:.0f}s "
                   f"{run.message}", flush=True)
-            write_plan(out, args.stage, runs, command)  # after every run: an interrupted stage keeps its record
+            write_plan(out, args.stage, runs, command, extra)  # after every run: an interrupted stage keeps its record
         schedule(runs, args.jobs, lambda r: execute_run(None, r, in_process=args.jobs <= 0, keep_models=False),
                  notify)
-    write_plan(out, args.stage, runs, command)
+    write_plan(out, args.stage, runs, command, extra)
     from experiments.sample_efficiency_report import build_report
     build_report(out, Path(args.report))
     print(f"[report] {args.report}")

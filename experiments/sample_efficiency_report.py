@@ -6,8 +6,10 @@ Definitions (stated in the report too):
 - late: mean of the last 5 evaluations; acc@half: the last evaluation at or before half the
   run's rollouts; worst drop: the largest fall between consecutive evaluations;
 - target (per task and stage): mean warm start + half the largest mean gain (late − warm start)
-  of any arm; rollouts to target: first evaluation where it and the previous one average at or
-  above the seed's warm start + that gain (experiments/report.py `rollouts_to_level`);
+  of any arm; in stage C the gain is half the largest validation gain of any stage-B run, fixed
+  (recorded in plan_C.json) before stage C ran; rollouts to target: first evaluation where it
+  and the previous one average at or above the seed's warm start + that gain
+  (experiments/report.py `rollouts_to_level`);
 - collapsed: the run's late accuracy is below its warm start;
 - diagnostics (means over the run's steps unless said): grad/top1pct_share, grad/var_share,
   the largest r2vpo/lambda_max_change of any step, the largest r2vpo/ratio_max, clip/frac.
@@ -76,10 +78,14 @@ def summarise(out: Path) -> dict:
                 cell["collapsed"] = sum(r["collapsed"] for r in runs)
             gains = [c["late"]["mean"] - c["acc0"]["mean"] for c in arms.values() if c["runs"]]
             gain = max(gains) / 2 if gains and max(gains) > 0 else None
+            fixed = plan.get("setting", {}).get("target_gain", {}).get(task)
+            if fixed is not None:  # stage C: fixed from stage B's validation runs before stage C ran
+                gain = fixed
             for cell in arms.values():
                 reached = [rollouts_to_level(r["curve"], None if gain is None else r["acc0"] + gain)
                            for r in cell["runs"].values()]
                 cell["target_gain"] = gain
+                cell["target_source"] = "stage B validation" if fixed is not None else "this stage"
                 cell["reached"] = sum(x is not None for x in reached)
                 cell["rollouts_to_target"] = mean_std([x for x in reached if x is not None])
         summary[stage] = {"tasks": per_task, "plan": {k: plan[k] for k in ("command", "arms", "tasks", "setting")}}
@@ -120,9 +126,10 @@ def markdown(summary: dict) -> str:
         for task, cells in block["tasks"].items():
             title = block["plan"]["tasks"].get(task, task)
             gain = next((c["target_gain"] for c in cells.values()), None)
+            source = next((c.get("target_source") for c in cells.values()), "this stage")
             lines += [f"### {task}: {title}", "",
                       f"Target = warm start + {_num(None if gain is None else 100 * gain, '{:.1f}')} points "
-                      "(half the largest mean gain).", "",
+                      f"(half the largest mean gain, {source}).", "",
                       "| arm | seeds done | warm start % | late % | acc@half % | reached | rollouts to target | "
                       "worst drop | collapsed | top-1% share | var share | max Δλ | max ρ | clip frac |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

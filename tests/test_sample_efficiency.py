@@ -59,18 +59,39 @@ def test_stage_b_grid_and_c_picks(tmp_path):
     tune = [r for r in runs if r.kind == "tune_b"]
     assert len(tune) == 2 * len(se.LRS_B) * len(se.REUSE_B)
     assert all(r.config["eval_split"] == "validation" and r.seed == se.TUNE_SEED for r in tune)
-    best = next(r for r in tune if r.arm == "spec/lr0.0001_e2_r0.5")
-    _fake_run(best.run_dir, [0.2, 0.6, 0.7])
-    _fake_run(next(r for r in tune if r.arm == "spec/lr0.0003_e4_r0.5").run_dir, [0.2, 0.3, 0.1])
-    assert se.stage_b_picks(tmp_path, "easy", ["spec", "ppo_clip"]) == {
-        "spec": {"ppo_epochs": 2, "replay_ratio": 0.5, "lr": 1e-4}}
     with pytest.raises(SystemExit, match="stage B"):
-        se.main(["--stage", "C", "--arms", "spec", "ppo_clip", "--out", str(tmp_path),
+        se.main(["--stage", "C", "--arms", "spec", "ppo_clip", "--tasks", "easy", "--out", str(tmp_path),
                  "--report", str(tmp_path / "r.md")])
+    by_name = {r.arm: r for r in tune}
+    # the pick is the best mean accuracy over the run (early learning counts), not the best ending
+    _fake_run(by_name["spec/lr0.0001_e2_r0.5"].run_dir, [0.2, 0.6, 0.6, 0.6], done=True)   # score 0.6, gain 0.4
+    _fake_run(by_name["spec/lr0.0003_e4_r0.5"].run_dir, [0.2, 0.3, 0.3, 0.7], done=True)   # score 0.43, ends higher
+    _fake_run(by_name["spec/lr0.0003_e1_r0"].run_dir, [0.2, 0.9, 0.9, 0.9])                # unfinished: ignored
+    _fake_run(by_name["ppo_clip/lr0.0003_e1_r0.75"].run_dir, [0.2, 0.3, 0.4, 0.4], done=True)
+    assert se.stage_b_picks(tmp_path, "easy", ["spec", "ppo_clip"]) == {
+        "spec": {"ppo_epochs": 2, "replay_ratio": 0.5, "lr": 1e-4},
+        "ppo_clip": {"ppo_epochs": 1, "replay_ratio": 0.75, "lr": 3e-4}}
+    assert se.stage_b_target_gain(tmp_path, "easy", ["spec", "ppo_clip"]) == pytest.approx(0.4 / 2)
+    assert se.main(["--stage", "C", "--arms", "spec", "ppo_clip", "--tasks", "easy", "--out", str(tmp_path),
+                    "--report", str(tmp_path / "r.md"), "--dry-run"]) == 0
+    final = {r.arm: r.config for r in se.build_plan(
+        "C", ["easy"], ["spec", "ppo_clip", "clip_higher", "gspo"], 1, 10, tmp_path,
+        {"easy": dict(se.stage_b_picks(tmp_path, "easy", ["spec", "ppo_clip"]),
+                      clip_higher={"lr": 3e-4, "ppo_epochs": 1, "replay_ratio": 0.75})})
+        if r.kind == "final"}
+    assert final["spec"]["lr"] == 1e-4 and final["spec"]["ppo_epochs"] == 2 and final["spec"]["eval_split"] == "test"
+    assert final["clip_higher"]["replay_ratio"] == 0.75 and final["clip_higher"]["loss"] == "clip_higher"
+    # stage C's target gain is fixed when stage C is first planned: a later stage-B result does not move it
+    plan_c = tmp_path / "plan_C.json"
+    se.write_plan(tmp_path, "C", [], "cmd", {"target_gain": {"easy": 0.25}})
+    se.write_plan(tmp_path, "C", [], "cmd", {"target_gain": {"easy": 0.4}})
+    assert json.loads(plan_c.read_text())["setting"]["target_gain"] == {"easy": 0.25}
 
 
-def _fake_run(run_dir, accs, ratio_max=2.0):
+def _fake_run(run_dir, accs, ratio_max=2.0, done=False):
     run_dir.mkdir(parents=True, exist_ok=True)
+    if done:
+        (run_dir / "done.json").write_text(json.dumps({"rc": 0}))
     rows = [{"step": 0, "rollouts": 0, "eval/accuracy": accs[0]}]
     for i, a in enumerate(accs[1:], 1):
         rows.append({"step": i, "rollouts": 100 * i, "eval/accuracy": a, "grad/top1pct_share": 0.1 * i,
