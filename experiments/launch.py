@@ -35,9 +35,25 @@ def _config_hash(cfg: dict) -> str:
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def train_command(cfg: dict, cfg_path: Path) -> list[str]:
+    """The run's process: `r2vpo train`, or the TRL GRPOTrainer arm for `trainer: trl` (experiments/trl_arm.py)."""
+    if cfg.get("trainer") == "trl":
+        return [sys.executable, "-m", "experiments.trl_arm", "--config", str(cfg_path)]
+    return [sys.executable, "-m", "r2vpo_ascend.cli", "train", "--no-plot", "--config", str(cfg_path)]
+
+
+def _train_in_process(cfg: dict) -> None:
+    if cfg.get("trainer") == "trl":
+        from experiments import trl_arm
+        trl_arm.train(cfg)
+        return
+    from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
+    R2VPOTrainer(config=R2VPOConfig.from_dict(cfg)).train()
+
+
 def train_once(cfg: dict, run_dir: Path, *, in_process: bool, keep_models: bool) -> RunResult:
-    """`r2vpo train` on `cfg` in `run_dir`; `keep_models=False` deletes `final/` and
-    `checkpoints/` of a finished run (a study keeps only its metrics)."""
+    """`r2vpo train` (or the TRL arm, `trainer: trl`) on `cfg` in `run_dir`; `keep_models=False`
+    deletes `final/` and `checkpoints/` of a finished run (a study keeps only its metrics)."""
     digest = _config_hash(cfg)
     done_path = run_dir / "done.json"
     if done_path.exists():
@@ -53,10 +69,9 @@ def train_once(cfg: dict, run_dir: Path, *, in_process: bool, keep_models: bool)
     t0 = time.perf_counter()
     rc, cpu_s = 0, None
     if in_process:
-        from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
         with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
             try:
-                R2VPOTrainer(config=R2VPOConfig.from_dict(cfg)).train()
+                _train_in_process(cfg)
             except Exception as e:  # noqa: BLE001 - recorded, the study goes on
                 print(f"{type(e).__name__}: {e}")
                 rc = 1
@@ -65,8 +80,8 @@ def train_once(cfg: dict, run_dir: Path, *, in_process: bool, keep_models: bool)
                    MKL_NUM_THREADS=str(cfg["num_threads"] or 1), TOKENIZERS_PARALLELISM="false",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "r2vpo_ascend.cli", "train", "--no-plot",
-                                     "--config", str(cfg_path)], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            proc = subprocess.Popen(train_command(cfg, cfg_path), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    cwd=ROOT)
             _, status, usage = os.wait4(proc.pid, 0)   # the CPU time too: wall time is noisy on a shared machine
             rc = proc.returncode = os.waitstatus_to_exitcode(status)
             cpu_s = usage.ru_utime + usage.ru_stime

@@ -19,8 +19,9 @@ experiments/paper_claims.py, whose Run, execute_run (config-hash caching, one pr
 scheduler this module reuses. Runs go one at a time (`--jobs 0`: in this process; default 1: one
 subprocess at a time), 1 torch thread each: the machine is shared.
 
-Not here: a TRL GRPOTrainer arm (the issue's stage B/C baseline) needs the `trl` package and
-its own runner; stages B and C list the arms this harness can run.
+The TRL baseline of stages B/C, arm `trl_grpo` (`trainer: trl`): TRL's GRPOTrainer with its
+default loss on the same warm start, data, batch and evaluation (experiments/trl_arm.py; needs the
+`trl` package); its stage-B grid is lr {1e-4, 3e-4} × num_iterations {1, 2, 4} (TRL has no replay).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ ARMS = {  # name -> (title, overrides); every remedy alone on top of the spec's 
     "ppo_clip": ("PPO-clip (ε 0.2)", {"loss": "ppo_clip"}),
     "clip_higher": ("clip-higher (DAPO defaults)", {"loss": "clip_higher"}),
     "gspo": ("GSPO (paper defaults)", {"loss": "gspo"}),
+    "trl_grpo": ("TRL 1.16 GRPOTrainer (its default loss)", {"trainer": "trl"}),
 }
 # Stage C adds these at their loss defaults (ε), with PPO-clip's stage-B lr and reuse: same budget and reuse.
 ARMS_AT_DEFAULTS = ("clip_higher", "gspo")
@@ -86,6 +88,7 @@ STAGE_A_ARMS = ("spec", "huber", "tis", "winsor", "m2", "normalized", "pid", "se
 LRS_B = (1e-4, 3e-4)
 REUSE_B = ({"ppo_epochs": 1, "replay_ratio": 0.0}, {"ppo_epochs": 2, "replay_ratio": 0.5},
            {"ppo_epochs": 4, "replay_ratio": 0.5}, {"ppo_epochs": 1, "replay_ratio": 0.75})
+TRL_ITERATIONS_B = (1, 2, 4)  # the TRL arm's reuse axis in stage B (its `num_iterations`)
 SEEDS = {"A": 2, "B": 1, "C": 5}
 TUNE_SEED = 1000  # stage B: its own warm start, so stage C's seeds are untouched by tuning
 
@@ -106,6 +109,8 @@ class SERun(Run):
         if self.kind == "sft":
             return COST["startup"] + c["sft_steps"] * COST["sft_step"]
         passes = c.get("ppo_epochs", 1) * (1 + c.get("replay_ratio", 0.0) / (1 - c.get("replay_ratio", 0.0)))
+        if c.get("trainer") == "trl":  # TRL: num_iterations optimiser steps on each generation batch
+            passes = c.get("num_iterations", 1)
         evals = c["steps"] // max(c["eval_every"], 1) + 1
         return COST["startup"] + c["steps"] * (COST["rl_step"] + COST["rl_pass"] * passes) * \
             c["prompts_per_step"] / 16 + evals * COST["eval_per_100"] * c["eval_size"] / 100
@@ -155,8 +160,16 @@ def build_plan(stage: str, tasks: list, arms: list, seeds: int | None, steps: in
     return runs
 
 
+def trl_tune_grid() -> list[tuple[str, dict]]:
+    """The TRL arm's stage-B candidates: its data reuse is num_iterations (PPO epochs), no replay."""
+    return [(f"lr{lr:g}_i{k}", {"lr": lr, "num_iterations": k}) for lr in LRS_B for k in TRL_ITERATIONS_B]
+
+
 def tune_grid(arm: str) -> list[tuple[str, dict]]:
-    """Stage B's candidates of one arm: (run-name suffix, overrides), the same grid for every arm."""
+    """Stage B's candidates of one arm: (run-name suffix, overrides), the same grid for every arm
+    of ours; the TRL arm has its own (`trl_tune_grid`)."""
+    if ARMS[arm][1].get("trainer") == "trl":
+        return trl_tune_grid()
     return [(f"lr{lr:g}_e{reuse['ppo_epochs']}_r{reuse['replay_ratio']:g}", dict(reuse, lr=lr))
             for lr in LRS_B for reuse in REUSE_B]
 
