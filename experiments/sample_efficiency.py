@@ -96,8 +96,12 @@ TUNE_SEED = 1000  # stage B: its own warm start, so stage C's seeds are untouche
 SE_BASE = dict(BASE, prompts_per_step=16, updates_per_step=1, eval_size=200, micro_batch_size=256)
 STEPS = 100          # RL steps per run: 100 × 16 × 8 = 12,800 fresh rollouts
 EVALS_PER_RUN = 20
-# Seconds per step of one 1-thread process (measured on stage A: see the report), for --dry-run.
-COST = {"startup": 8.0, "sft_step": 0.1, "rl_step": 0.5, "rl_pass": 0.35, "eval_per_100": 0.5}
+# Seconds of one 1-thread run process with another beside it (2 quiet cores), for --dry-run.
+COST = {"startup": 8.0, "sft_step": 0.1, "eval_per_100": 0.5,
+        # per RL step at 16 prompts × 8: generation and scoring, and one pass over 128 samples (stage A's
+        # measured wall times, 2 runs at a time: easy 58 s, sequence 205 s for 100 steps of 8 passes)
+        "rl_step": {"easy": 0.06, "sequence": 0.27}, "rl_pass": {"easy": 0.04, "sequence": 0.19},
+        "trl_pass": 1.9}  # TRL's time per completion per pass relative to ours (measured, experiments/trl_arm.py)
 
 
 class SERun(Run):
@@ -110,9 +114,10 @@ class SERun(Run):
             return COST["startup"] + c["sft_steps"] * COST["sft_step"]
         passes = c.get("ppo_epochs", 1) * (1 + c.get("replay_ratio", 0.0) / (1 - c.get("replay_ratio", 0.0)))
         if c.get("trainer") == "trl":  # TRL: num_iterations optimiser steps on each generation batch
-            passes = c.get("num_iterations", 1)
+            passes = c.get("num_iterations", 1) * COST["trl_pass"]
         evals = c["steps"] // max(c["eval_every"], 1) + 1
-        return COST["startup"] + c["steps"] * (COST["rl_step"] + COST["rl_pass"] * passes) * \
+        task = self.task if self.task in COST["rl_step"] else "sequence"
+        return COST["startup"] + c["steps"] * (COST["rl_step"][task] + COST["rl_pass"][task] * passes) * \
             c["prompts_per_step"] / 16 + evals * COST["eval_per_100"] * c["eval_size"] / 100
 
 
