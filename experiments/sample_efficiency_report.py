@@ -10,6 +10,8 @@ Definitions (stated in the report too):
   (recorded in plan_C.json) before stage C ran; rollouts to target: first evaluation where it
   and the previous one average at or above the seed's warm start + that gain
   (experiments/report.py `rollouts_to_level`);
+- a seed whose warm start + the target gain exceeds 100% has no headroom: it is left out of the
+  rollouts-to-target numbers (reached k/n counts the others);
 - collapsed: the run's late accuracy is below its warm start;
 - diagnostics (means over the run's steps unless said): grad/top1pct_share, grad/var_share,
   the largest r2vpo/lambda_max_change of any step, the largest r2vpo/ratio_max, clip/frac.
@@ -84,15 +86,18 @@ def summarise(out: Path) -> dict:
             if fixed is not None:  # stage C: fixed from stage B's validation runs before stage C ran
                 gain = fixed
             for cell in arms.values():
-                reached = [rollouts_to_level(r["curve"], None if gain is None else r["acc0"] + gain)
-                           for r in cell["runs"].values()]
+                # a seed whose warm start + gain is above 100% cannot reach the target with any arm
+                # (no headroom): left out of the rollouts-to-target numbers, counted in `no_headroom`
+                runs = [r for r in cell["runs"].values() if gain is None or r["acc0"] + gain <= 1.0]
+                reached = [rollouts_to_level(r["curve"], None if gain is None else r["acc0"] + gain) for r in runs]
                 cell["target_gain"] = gain
                 cell["target_source"] = "stage B validation" if fixed is not None else "this stage"
+                cell["no_headroom"] = len(cell["runs"]) - len(runs)
                 cell["reached"] = sum(x is not None for x in reached)
                 cell["rollouts_to_target"] = mean_std([x for x in reached if x is not None])
                 # unreached counted as the run's whole budget: a lower bound, comparable across arms
                 cell["rollouts_to_target_censored"] = mean_std(
-                    [r["rollouts"] if x is None else x for x, r in zip(reached, cell["runs"].values())])
+                    [r["rollouts"] if x is None else x for x, r in zip(reached, runs)])
         summary[stage] = {"tasks": per_task, "plan": {k: plan[k] for k in ("command", "arms", "tasks", "setting")}}
     return summary
 
@@ -171,7 +176,7 @@ def markdown(summary: dict, figures: dict | None = None) -> str:
                 lines.append(
                     f"| `{arm}` {arms.get(arm.split('/')[0], '')} | {n}/{n + len(cell['missing'])} | "
                     f"{_pct(cell['acc0'])} | {_pct(cell['late'])} | {_pct(cell['acc_at_half'])} | "
-                    f"{cell['reached']}/{n} | {_num(rtt['mean'], '{:,.0f}')} | "
+                    f"{cell['reached']}/{n - cell['no_headroom']} | {_num(rtt['mean'], '{:,.0f}')} | "
                     f"{_num(cell['rollouts_to_target_censored']['mean'], '{:,.0f}')} | {_pct(cell['worst_drop'])} | "
                     f"{cell['collapsed']}/{n} | {_num(_mean_of(cell, 'grad/top1pct_share'), '{:.2f}')} | "
                     f"{_num(_mean_of(cell, 'grad/var_share'), '{:.2f}')} | "
@@ -179,6 +184,11 @@ def markdown(summary: dict, figures: dict | None = None) -> str:
                     f"{_num(_max_of(cell, 'max r2vpo/ratio_max'))} | {_num(_mean_of(cell, 'clip/frac'), '{:.3f}')} |")
             missing = {arm: cell["missing"] for arm, cell in cells.items() if cell["missing"]}
             lines.append("")
+            no_room = max((c.get("no_headroom", 0) for c in cells.values()), default=0)
+            if no_room:
+                lines += [f"{no_room} seed(s) start within the target gain of 100% (warm start + gain > 100%): no "
+                          "arm can reach the target there, so they are left out of `reached` and the rollouts to "
+                          "target (their accuracies stay in the other columns).", ""]
             if stage == "C":
                 lines += _targets(cells)
             for kind in ("accuracy", "diagnostics"):
