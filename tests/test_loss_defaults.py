@@ -35,3 +35,14 @@ def test_the_help_text_names_the_per_loss_defaults():
     for name in loss_defaults.FIELDS:
         assert loss_defaults.describe(name) in text
     assert "otherwise" in loss_defaults.describe("ppo_epochs")
+
+
+def test_resuming_with_another_loss_names_the_reuse_knobs_its_defaults_change():
+    from pathlib import Path
+
+    from r2vpo_ascend.algos.errors import ConfigError
+    from r2vpo_ascend.trainer.config_checks import check_resume_config
+    saved = R2VPOConfig(loss="r2vpo", steps=5)
+    state = {"config": saved.to_dict(), "trainer": {"step": 1}}
+    with pytest.raises(ConfigError, match=r"ppo_epochs \(4 -> 1\).*replay_ratio \(0.5 -> 0.0\)"):
+        check_resume_config(saved.replace(loss="ppo_clip"), state, Path("ck"))

@@ -17,7 +17,10 @@ from typing import Any
 # Every loss not listed in PER_LOSS: one pass over each fresh batch (the plain on-policy step).
 OTHERWISE: dict[str, Any] = {"ppo_epochs": 1, "replay_ratio": 0.0}
 
-PER_LOSS: dict[str, dict[str, Any]] = {}
+# R²VPO: 4 passes over each update batch, half of it replayed (max_staleness 4): the setting
+# stage B of the sample-efficiency study picked for the spec's R²VPO on both tasks, among
+# ppo_epochs/replay (1, 0), (2, 0.5), (4, 0.5), (1, 0.75) (docs/results_sample_efficiency.md).
+PER_LOSS: dict[str, dict[str, Any]] = {"r2vpo": {"ppo_epochs": 4, "replay_ratio": 0.5}}
 
 FIELDS = tuple(OTHERWISE)
 
