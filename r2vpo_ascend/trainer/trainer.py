@@ -256,9 +256,9 @@ class R2VPOTrainer:
     def rollout(self, records: list[dict]) -> list[Rollout]:
         """G responses per prompt from the rollout engine, tagged with the current policy version.
 
-        Behaviour log-probs are the trainer's own at this version: recomputed here, or, when
-        the update happens at this same version (one optimiser step per RL step), taken from
-        the update's forward pass, which computes exactly the same thing.
+        Behaviour log-probs are the trainer's own at this version; they are left None here and
+        filled by the update before its first optimiser step (the first mini-batch's own
+        forward, a no-grad pass for the rest: policy_update.py).
         """
         cfg = self.config
         prompt_ids = tokenize_prompts(self.tokenizer, records, cfg.max_prompt_length)
@@ -277,8 +277,6 @@ class R2VPOTrainer:
                                      group_id=self.next_group_id + self.dist.rank + i * self.dist.world_size,
                                      extras={"finished": g.finished}))
         self.next_group_id += len(records) * self.dist.world_size
-        if not self.updater.fills_behaviour_log_probs:
-            self.updater.behaviour_log_probs(fresh)
         return fresh
 
     def score(self, fresh: list[Rollout], records: list[dict]) -> tuple[dict, torch.Tensor]:
