@@ -1,8 +1,10 @@
 """`R2VPOTrainer`: the RL loop, read top to bottom in `train()`.
 
-    rollout (G responses per prompt, behaviour log-probs, policy version)
+    rollout (G responses per prompt, policy version)
       → rewards → advantages (per group, stored with the sample)
       → update batch = fresh + replayed samples; fresh ones enter the replay buffer
+      → behaviour log-probs of the fresh samples (the first optimiser step's forward; a no-grad
+        pass for those outside its mini-batch)
       → per optimiser step: R²VPO (or baseline) loss → backward → step → dual step on the
         GLOBAL ratio variance
       → new policy version; weights pushed to the rollout engine
