@@ -336,7 +336,7 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         per_round = r.get("speedup_vs_trl_per_round") or []
         span = f"{median(per_round):.2f}x ({min(per_round):.2f}–{max(per_round):.2f})" if per_round else "–"
-        out.append(f"| {r['setting']} | {r['arm']} | {r['median_step_s']:.4f} | {r['samples_per_s']:.0f} "
+        out.append(f"| {r['setting']} | {r['arm']} | {r['median_step_s']:.4f} | {r['samples_per_s']:.3g} "
                    f"| {r['median_generate_s']:.4f} | {r['median_update_s']:.4f} | {r['median_other_s']:.4f} "
                    f"| {r['median_step_inner_s']:.4f} | {r['median_cpu_s']:.4f} | {r.get('speedup_vs_trl', float('nan')):.2f}x | {span} "
                    f"| {r.get('cpu_speedup_vs_trl', float('nan')):.2f}x |")
