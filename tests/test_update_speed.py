@@ -128,6 +128,36 @@ def test_trainer_step_with_several_updates_has_no_full_behaviour_pass(tmp_path):
     assert all(r.old_log_probs is not None and len(r.old_log_probs) == len(r.response_ids) for r in trainer.buffer)
 
 
+class _TwoRanks:
+    """Rank 0 of 2 around a real engine; the other rank (simulated) needs 3 no-grad forwards."""
+    world_size, rank = 2, 0
+
+    def __init__(self, inner):
+        self.inner, self.rows = inner, []
+
+    def log_probs(self, tokens, **kw):
+        self.rows.append(len(tokens))
+        return self.inner.log_probs(tokens, **kw)
+
+    def all_reduce_sum(self, table):
+        other = torch.zeros_like(table)
+        other[1] = 3
+        return table + other
+
+
+def test_every_rank_runs_as_many_behaviour_forwards_as_the_busiest(tmp_path):
+    """Under ZeRO-3 each forward is a collective: a rank with fewer samples outside its first
+    mini-batch pads its no-grad pass with empty rows up to the busiest rank's count."""
+    trainer = _trainer(tmp_path, "ranks", micro_batch_size=2)
+    batch = _rollouts(trainer, [3, 5, 2, 4])
+    engine = _TwoRanks(trainer.engine)
+    trainer.updater.engine = engine
+    trainer.updater._fill_behaviour_log_probs(batch, [batch[:2], batch[2:]], [1, 1])
+    assert engine.rows == [2, 1, 1]  # its 2 pending samples, then 2 one-row padding forwards
+    assert all(r.old_log_probs is None for r in batch[:2])  # the first mini-batch's forward fills these
+    assert [len(r.old_log_probs) for r in batch[2:]] == [2, 4]
+
+
 def _recorded_update(trainer, batch):
     grads = []
     step = trainer.engine.step
