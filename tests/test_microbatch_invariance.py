@@ -79,8 +79,10 @@ def test_update_is_the_same_for_any_micro_batch_size(tmp_path, loss_agg):
     assert grad_one.abs().max() > 0
     torch.testing.assert_close(grad_many, grad_one, rtol=1e-5, atol=1e-6 * grad_one.abs().max().item())
     # The gradient is the test: Adam's first step, ≈ lr·g/(|g| + eps), hardly sees a rescaled
-    # gradient and magnifies float rounding where |g| ~ eps, so the weights only get lr/100.
-    torch.testing.assert_close(params_many, params_one, rtol=1e-5, atol=1e-5)
+    # gradient and magnifies float rounding where |g| ~ eps, so the weights only get lr/100, and
+    # only where |g| ≫ eps (a 1e-7 gradient off by 2e-8, rounding, moved its weight by lr/20).
+    clear = grad_one.abs() > 1e-6
+    torch.testing.assert_close(params_many[clear], params_one[clear], rtol=1e-5, atol=1e-5)
     for key in ("loss/policy", "r2vpo/pg_loss", "r2vpo/var_penalty", "kl/ref", "entropy/mean", "grad_norm",
                 "r2vpo/ratio_var", "r2vpo/lambda"):
         assert metrics_many[key] == pytest.approx(metrics_one[key], rel=1e-5, abs=1e-8), key
