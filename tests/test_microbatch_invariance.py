@@ -22,7 +22,7 @@ LENGTHS = [1, 6, 2, 5, 3, 6, 4, 1, 2, 6, 5, 3]  # unequal: chunks of 3 have widt
 
 def make_trainer(tmp_path, loss_agg: str, micro_batch_size: int) -> R2VPOTrainer:
     cfg = R2VPOConfig(model="tiny", dataset="arithmetic", dataset_size=32, prompts_per_step=4, num_generations=3,
-                      max_new_tokens=MAX_NEW_TOKENS, sft_steps=0, eval_every=0, steps=1, updates_per_step=1,
+                      max_new_tokens=MAX_NEW_TOKENS, sft_steps=0, eval_every=0, steps=1, updates_per_step=1, ppo_epochs=1,
                       micro_batch_size=micro_batch_size, loss_agg=loss_agg, init_lambda=2.0, kl_coef=0.1,
                       entropy_coef=0.01, lr=1e-3, progress_bar="off", log_every=0,
                       output_dir=str(tmp_path / f"{loss_agg}-{micro_batch_size}"))

@@ -20,8 +20,8 @@ from r2vpo_ascend.trainer.policy_update import by_length
 def _trainer(tmp_path, name: str, **kw) -> R2VPOTrainer:
     base = dict(model="tiny", dataset="arithmetic", dataset_size=32, prompts_per_step=4, num_generations=3,
                 max_new_tokens=8, sft_steps=0, eval_every=0, steps=1, micro_batch_size=64, init_lambda=2.0,
-                entropy_coef=0.01, lr=1e-3, num_threads=1, progress_bar="off", log_every=0,
-                output_dir=str(tmp_path / name))
+                entropy_coef=0.01, lr=1e-3, num_threads=1, progress_bar="off", log_every=0, ppo_epochs=1,
+                replay_ratio=0.0, output_dir=str(tmp_path / name))
     base.update(kw)
     return R2VPOTrainer(config=R2VPOConfig(**base))
 
