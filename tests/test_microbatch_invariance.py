@@ -15,6 +15,7 @@ from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
 from r2vpo_ascend.replay import Rollout
 from r2vpo_ascend.trainer.batch import collate
 from r2vpo_ascend.trainer.logprobs import response_log_probs
+from _tensor_probes import record_step_grads
 
 MAX_NEW_TOKENS = 6
 LENGTHS = [1, 6, 2, 5, 3, 6, 4, 1, 2, 6, 5, 3]  # unequal: chunks of 3 have widths 6, 6, 6, 5
@@ -54,13 +55,7 @@ def make_rollouts(trainer: R2VPOTrainer) -> list[Rollout]:
 
 def update_and_record(trainer: R2VPOTrainer, rollouts: list[Rollout]) -> tuple[torch.Tensor, dict]:
     """The update's metrics and the accumulated gradient the optimiser step sees."""
-    grads = []
-    step = trainer.engine.step
-
-    def recording_step():
-        grads.append(torch.cat([p.grad.detach().flatten() for p in trainer.engine.model.parameters()]))
-        return step()
-    trainer.engine.step = recording_step
+    grads = record_step_grads(trainer)
     metrics = trainer.updater.update(copy.deepcopy(rollouts), current_version=0)
     assert len(grads) == 1
     return grads[0], metrics

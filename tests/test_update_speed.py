@@ -6,8 +6,6 @@ import copy
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from device.kernels.logprobs import CPU_TILE_BYTES
 from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
@@ -15,6 +13,7 @@ from r2vpo_ascend.replay import Rollout
 from r2vpo_ascend.trainer.batch import collate
 from r2vpo_ascend.trainer.logprobs import response_log_probs
 from r2vpo_ascend.trainer.policy_update import by_length
+from _tensor_probes import LargestTensor, record_step_grads
 
 
 def _trainer(tmp_path, name: str, **kw) -> R2VPOTrainer:
@@ -159,13 +158,7 @@ def test_every_rank_runs_as_many_behaviour_forwards_as_the_busiest(tmp_path):
 
 
 def _recorded_update(trainer, batch):
-    grads = []
-    step = trainer.engine.step
-
-    def recording_step():
-        grads.append(torch.cat([p.grad.detach().flatten() for p in trainer.engine.model.parameters()]))
-        return step()
-    trainer.engine.step = recording_step
+    grads = record_step_grads(trainer)
     forwards = _Forwards(trainer.engine, batch)
     metrics = trainer.updater.update(batch, current_version=0)
     return grads[0], metrics, forwards
@@ -197,21 +190,6 @@ def test_length_bucketed_micro_batches_same_update_fewer_padded_tokens(tmp_path)
     assert processed == bucketed < 0.7 * as_given
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The largest tensor any aten op returns (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
 def test_update_never_builds_full_logits_on_a_49k_vocabulary(tmp_path):
     """SmolLM2's vocabulary size on a 1-layer, hidden-16 Llama: the update's forward + backward
     (with entropy and a KL reference) never holds a [response tokens x vocabulary] tensor, only
@@ -233,7 +211,7 @@ def test_update_never_builds_full_logits_on_a_49k_vocabulary(tmp_path):
     trainer = R2VPOTrainer(model=model, tokenizer=tokenizer, config=config)
     batch = _rollouts(trainer, [64] * 16)
     tokens = sum(len(r.response_ids) for r in batch)
-    largest = _LargestTensor()
+    largest = LargestTensor()
     with largest:
         metrics = trainer.updater.update(batch, current_version=0)
     assert torch.isfinite(torch.tensor(metrics["loss/policy"]))
