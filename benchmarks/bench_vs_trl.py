@@ -4,14 +4,19 @@
     python benchmarks/bench_vs_trl.py --settings 8x8x64 --rounds 3 --threads 1
     python benchmarks/bench_vs_trl.py --profile 8x8x64 --threads 1 --out benchmarks/results/vs_trl_profile.json
                                                                        # where our step's time goes, per phase
+    python benchmarks/bench_vs_trl.py --model smollm2-135m-instruct --threads 1 --rounds 2 --steps 3
+                                                                       # the real model: 4x4x64 by default
 
 Needs TRL: `pip install -c constraints-cpu.txt trl==1.16.0` (keeps the CPU torch).
 
 Both trainers get the same thing:
-- model: `build_tiny_model(build_char_tokenizer(), seed=--seed)` (random init, fp32), built
-  fresh in each case's process; the same torch thread count (`--threads`);
-- data: the built-in arithmetic prompts (`config_records`, the default arithmetic config), and
-  the same exact-match `ArithmeticReward` on the `answer` column;
+- model (`--model`): `tiny` = `build_tiny_model(build_char_tokenizer(), seed=--seed)` (random
+  init, fp32), or `smollm2-135m-instruct` = the real pretrained model through its preset (fp32,
+  its own tokenizer), loaded fresh in each case's process; the same torch thread count (`--threads`);
+- data: tiny: the built-in arithmetic prompts (`config_records`, the default arithmetic config);
+  smollm2: the task of configs/smollm2_math.yaml (its arithmetic problems in the model's chat
+  template, the config's prompt limit); both: the same exact-match `ArithmeticReward` on the
+  `answer` column (in-process; math-verify's worker pool would add the same cost to both);
 - a setting PxGxL: P prompts per optimiser step, G completions per prompt, and exactly L new
   tokens per completion: `min_new_tokens = max_new_tokens = L` on both sides (ours through
   the model's `generation_config`, which `generate` falls back on; TRL through
@@ -30,9 +35,15 @@ Both trainers get the same thing:
   or checkpoints (ours `sft_steps=0, eval_every=0, save_every=0, log_every=0`; TRL
   `logging_strategy/save_strategy="no"`, `report_to=[]`, `use_vllm=False`, fp32, `use_cpu`).
 
+Arm `ours_vllm` (default with the real model) is ours with `rollout_engine: vllm`: it runs only
+where vllm is importable (it cannot force exactly L tokens: its lengths are recorded) and is
+otherwise reported as skipped, with the reason.
+
 Each (round, setting, arm) runs in a fresh spawned process: `--warmup` steps, then `--steps`
-measured steps. The arms of a round run one after the other, in a rotated order from round to
-round, so they share the background load. A step's time is the interval between consecutive
+measured steps, and no more (ours writes no checkpoint or final model: `_save` and
+`_save_final_model` are switched off in the benchmark process; TRL saves nothing). The arms
+of a round run one after the other, in a rotated order from round to round, so they share the
+background load. A step's time is the interval between consecutive
 step ends (the whole loop, as a user sees it); its split: generation (ours:
 `perf/time_generate_s` from metrics.jsonl; TRL: its `_generate_single_turn`), update (ours:
 `perf/time_update_s`; TRL: from the end of `_prepare_inputs` — generation, rewards,
@@ -57,14 +68,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine_info, median, run_isolated, write_results  # noqa: E402
-from benchmarks._vs_trl_setup import LR, _model, _records  # noqa: E402
+from benchmarks._vs_trl_setup import LR, MODELS, _model, _records, max_prompt_length  # noqa: E402
 from benchmarks.profile_step import phase_table, profile_ours  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "vs_trl_cpu.json"
+REAL_OUT = ROOT / "benchmarks" / "results" / "vs_trl_smollm2.json"
 ARMS = ("ours_ppo_clip", "trl_grpo", "ours_r2vpo", "trl_grpo_gc")
+REAL_ARMS = ("ours_ppo_clip", "trl_grpo", "ours_vllm")  # the defaults with the real model
 
 
-def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int) -> dict:
+def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int,
+             model_name: str = "tiny", rollout_engine: str = "hf") -> dict:
     """Our trainer, in this (fresh) process: per-step times of steps warmup+1 .. warmup+steps."""
     import json
 
@@ -74,7 +88,7 @@ def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps
     from r2vpo_ascend.rewards.arithmetic import ArithmeticReward
 
     torch.set_num_threads(threads)
-    model, tokenizer = _model(seed)
+    model, tokenizer = _model(seed, model_name)
     model.generation_config.min_new_tokens = length  # exactly `length` tokens: EOS is masked until then
     out = tempfile.mkdtemp(prefix="bench_ours_")
     config = R2VPOConfig(
@@ -82,10 +96,13 @@ def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps
         updates_per_step=1, micro_batch_size=prompts * gens, lr=LR, lr_scheduler="constant", max_grad_norm=1.0,
         kl_coef=0.0, loss_agg="token-mean", replay_ratio=0.0, sft_steps=0, eval_every=0, save_every=0,
         log_every=0, progress_bar="off", resume="never", num_threads=threads, seed=seed, output_dir=out,
-        steps=warmup + steps + 1,  # the last step writes the final checkpoint: not measured
+        steps=warmup + steps, max_prompt_length=max_prompt_length(model_name), rollout_engine=rollout_engine,
     )
     trainer = R2VPOTrainer(model=model, tokenizer=tokenizer, reward_fn=ArithmeticReward(),
-                           train_dataset=_records(seed), config=config)
+                           train_dataset=_records(seed, tokenizer, model_name), config=config)
+    # No checkpoint and no final model (1.6 GB and 0.5 GB for the real model): TRL saves nothing either.
+    trainer._save = lambda *args, **kwargs: None
+    trainer._save_final_model = lambda: None
     ends: list[tuple[float, float]] = []
     begins: list[float] = []
     run_step = trainer._run_step
@@ -110,7 +127,7 @@ def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps
 
 
 def run_trl(prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int,
-            gradient_checkpointing: bool = False) -> dict:
+            gradient_checkpointing: bool = False, model_name: str = "tiny") -> dict:
     """TRL's GRPOTrainer with the equivalent settings, in this (fresh) process."""
     import torch
     from datasets import Dataset
@@ -120,7 +137,7 @@ def run_trl(prompts: int, gens: int, length: int, warmup: int, steps: int, threa
     from r2vpo_ascend.rewards.arithmetic import ArithmeticReward
 
     torch.set_num_threads(threads)
-    model, tokenizer = _model(seed)
+    model, tokenizer = _model(seed, model_name)
     reward = ArithmeticReward()
 
     def arithmetic(prompts, completions, answer, **columns):
@@ -133,7 +150,7 @@ def run_trl(prompts: int, gens: int, length: int, warmup: int, steps: int, threa
         top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=LR,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,  # optim: HF's default
         logging_strategy="no", save_strategy="no", report_to=[], use_vllm=False, bf16=False, fp16=False,
-        use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0, max_steps=warmup + steps + 1,
+        use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0, max_steps=warmup + steps,
         gradient_checkpointing=gradient_checkpointing,  # TRL's default is True: a second forward in the backward
     )
     begins: list[float] = []
@@ -150,7 +167,7 @@ def run_trl(prompts: int, gens: int, length: int, warmup: int, steps: int, threa
             ends.append((time.perf_counter(), time.process_time()))
 
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=arithmetic, args=args,
-                          train_dataset=Dataset.from_list(_records(seed)), callbacks=[StepTimes()])
+                          train_dataset=Dataset.from_list(_records(seed, tokenizer, model_name)), callbacks=[StepTimes()])
     trainer.remove_callback(PrinterCallback)  # the end-of-training summary print
     generate, prepare = trainer._generate_single_turn, trainer._prepare_inputs
 
@@ -188,17 +205,34 @@ def _summary(wall, cpu, gen, update, min_len, max_len, threads, inner) -> dict:
             "completion_length_min": min_len, "completion_length_max": max_len, "torch_threads": threads}
 
 
-def run_arm(arm: str, prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int) -> dict:
+def run_arm(arm: str, prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int,
+            model_name: str = "tiny") -> dict:
     if arm in ("trl_grpo", "trl_grpo_gc"):
-        return run_trl(prompts, gens, length, warmup, steps, threads, seed, gradient_checkpointing=arm == "trl_grpo_gc")
-    return run_ours(arm.removeprefix("ours_"), prompts, gens, length, warmup, steps, threads, seed)
+        return run_trl(prompts, gens, length, warmup, steps, threads, seed, gradient_checkpointing=arm == "trl_grpo_gc",
+                       model_name=model_name)
+    if arm == "ours_vllm":
+        return run_ours("ppo_clip", prompts, gens, length, warmup, steps, threads, seed, model_name, rollout_engine="vllm")
+    return run_ours(arm.removeprefix("ours_"), prompts, gens, length, warmup, steps, threads, seed, model_name)
+
+
+def unavailable(arm: str) -> str | None:
+    """Why `arm` cannot run here, or None."""
+    import importlib.util
+
+    if arm == "ours_vllm" and importlib.util.find_spec("vllm") is None:
+        return "vllm is not importable in this environment (not installed)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", type=_settings, default=_settings("4x4x16,8x8x64"),
-                        help="PROMPTSxGENERATIONSxTOKENS list (comma-separated); default 4x4x16,8x8x64")
-    parser.add_argument("--arms", type=_str_list, default=list(ARMS), help=f"subset of {','.join(ARMS)}")
+    parser.add_argument("--model", choices=MODELS, default="tiny", help="tiny, or the real pretrained model")
+    parser.add_argument("--settings", type=_settings, default=None,
+                        help="PROMPTSxGENERATIONSxTOKENS list (comma-separated); default 4x4x16,8x8x64 (tiny), "
+                             "4x4x64 (real model)")
+    parser.add_argument("--arms", type=_str_list, default=None,
+                        help=f"subset of {','.join(ARMS + REAL_ARMS[2:])}; default {','.join(ARMS)} (tiny), "
+                             f"{','.join(REAL_ARMS)} (real model)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all arms (a fresh process per case)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first in each process (>= 1)")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per process")
@@ -209,11 +243,18 @@ def main(argv: list[str] | None = None) -> dict:
                              "at this setting, per phase; JSON to --out")
     parser.add_argument("--profile-loss", default="ppo_clip")
     parser.add_argument("--cprofile", type=int, default=0, help="with --profile: also print the top N cProfile entries")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
+    parser.add_argument("--out", default=None, help=f"JSON results file (default {DEFAULT_OUT.name}, "
+                                                     f"{REAL_OUT.name} with the real model)")
     args = parser.parse_args(argv)
+    real = args.model != "tiny"
+    args.settings = args.settings or _settings("4x4x64" if real else "4x4x16,8x8x64")
+    args.arms = args.arms or list(REAL_ARMS if real else ARMS)
+    args.out = args.out or str(REAL_OUT if real else DEFAULT_OUT)
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (a step's time is measured from the end of the one before)")
     if args.profile:
+        if real:
+            parser.error("--profile runs the tiny model only (benchmarks/profile_step.py)")
         (p, g, length), = args.profile
         result = run_isolated(profile_ours, args.profile_loss, p, g, length, args.warmup, args.steps, args.threads,
                               args.seed, args.cprofile)
@@ -226,14 +267,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     info = machine_info()
     print(f"{info['cpu_model']}, {info['cpu_usable_cores']} usable cores, torch {info['torch']}, "
-          f"{args.threads} threads, load {os.getloadavg()[0]:.2f}", flush=True)
+          f"{args.threads} threads, load {os.getloadavg()[0]:.2f}, model {args.model}", flush=True)
+    skipped = {arm: why for arm in args.arms if (why := unavailable(arm))}
+    for arm, why in skipped.items():
+        print(f"  {arm}: skipped, {why}", flush=True)
+    args.arms = [arm for arm in args.arms if arm not in skipped]
     runs: list[dict] = []
     for round_index in range(args.rounds):
         for p, g, length in args.settings:
             shift = round_index % len(args.arms)
             for arm in args.arms[shift:] + args.arms[:shift]:  # rotate who goes first
                 load_before = os.getloadavg()[0]
-                result = run_isolated(run_arm, arm, p, g, length, args.warmup, args.steps, args.threads, args.seed)
+                result = run_isolated(run_arm, arm, p, g, length, args.warmup, args.steps, args.threads, args.seed,
+                                      args.model)
                 result.update(arm=arm, setting=f"{p}x{g}x{length}", round=round_index, load_1m_before=load_before,
                               load_1m_after=os.getloadavg()[0])
                 runs.append(result)
@@ -243,10 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
     summary = _summarise(runs, args)
     payload = {"benchmark": "trainer throughput vs TRL GRPOTrainer", "command": " ".join([sys.executable, *sys.argv]),
                "machine": info, "versions": _versions(), "args": {**vars(args), "settings": [list(s) for s in args.settings]},
-               "learning_rate": LR, "summary": summary, "runs": runs,
+               "learning_rate": LR, "model": args.model, "skipped_arms": skipped, "summary": summary, "runs": runs,
                "load_1m_range": [min(r["load_1m_before"] for r in runs), max(r["load_1m_after"] for r in runs)]}
     path = write_results(args.out, payload)
     print(_table(summary))
+    for arm, why in skipped.items():
+        print(f"{arm}: not run, {why}")
     print(f"wrote {path}")
     return payload
 
@@ -288,7 +336,7 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         per_round = r.get("speedup_vs_trl_per_round") or []
         span = f"{median(per_round):.2f}x ({min(per_round):.2f}–{max(per_round):.2f})" if per_round else "–"
-        out.append(f"| {r['setting']} | {r['arm']} | {r['median_step_s']:.4f} | {r['samples_per_s']:.0f} "
+        out.append(f"| {r['setting']} | {r['arm']} | {r['median_step_s']:.4f} | {r['samples_per_s']:.3g} "
                    f"| {r['median_generate_s']:.4f} | {r['median_update_s']:.4f} | {r['median_other_s']:.4f} "
                    f"| {r['median_step_inner_s']:.4f} | {r['median_cpu_s']:.4f} | {r.get('speedup_vs_trl', float('nan')):.2f}x | {span} "
                    f"| {r.get('cpu_speedup_vs_trl', float('nan')):.2f}x |")

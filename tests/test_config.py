@@ -118,7 +118,7 @@ def _state(config, step=3):
 
 
 def test_resume_refuses_changed_fixed_fields_naming_them(capsys):
-    saved = R2VPOConfig(loss="r2vpo", lr=1e-4, steps=5)
+    saved = R2VPOConfig(loss="r2vpo", lr=1e-4, steps=5, ppo_epochs=1, replay_ratio=0.0)  # explicit: not per-loss
     with pytest.raises(ConfigError, match=r"may not change on resume: loss \('r2vpo' -> 'ppo_clip'\), "
                                           r"lr \(0.0001 -> 0.5\)"):
         check_resume_config(saved.replace(loss="ppo_clip", lr=0.5), _state(saved), Path("ck"))

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from device.kernels import chunked_token_log_probs, naive_token_log_probs, token_log_probs
 from device.kernels.logprobs_chunked import MIN_VOCAB_TILE, chunked_log_probs, make_plan
+from _tensor_probes import LargestTensor
 
 IGNORE = -100
 
@@ -228,21 +228,6 @@ def test_impl_choices_agree_and_default_tiling():
         _assert_matches([got], [want])
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any aten op returns (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
 class _OpNames(TorchDispatchMode):
     """Records the names of the aten ops that run (e.g. "mm", "exp_")."""
 
@@ -259,7 +244,7 @@ def test_full_logits_are_never_materialised():
     n, v, h, chunk, vocab_chunk = 256, 4096, 16, 64, 512
     hidden, weight, bias, labels = _inputs(n, v, h, bias=True)
     leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
-    largest = _LargestTensor()
+    largest = LargestTensor()
     with largest:
         log_probs, entropy = token_log_probs(
             leaves[0], leaves[1], labels, lm_head_bias=leaves[2], return_entropy=True, chunk_size=chunk, vocab_chunk_size=vocab_chunk
@@ -268,7 +253,7 @@ def test_full_logits_are_never_materialised():
     # nothing bigger than the weight (its gradient) or one logits tile; the logits are n·v
     assert largest.numel <= max(v * h, chunk * vocab_chunk) < n * v // 4
     # the naive reference does build them: the check can see it
-    naive = _LargestTensor()
+    naive = LargestTensor()
     with naive:
         naive_token_log_probs(*leaves[:2], labels).sum().backward()
     assert naive.numel >= n * v

@@ -15,6 +15,7 @@ from r2vpo_ascend.api import R2VPOConfig, R2VPOTrainer
 from r2vpo_ascend.replay import Rollout
 from r2vpo_ascend.trainer.batch import collate
 from r2vpo_ascend.trainer.logprobs import response_log_probs
+from _tensor_probes import record_step_grads
 
 MAX_NEW_TOKENS = 6
 LENGTHS = [1, 6, 2, 5, 3, 6, 4, 1, 2, 6, 5, 3]  # unequal: chunks of 3 have widths 6, 6, 6, 5
@@ -22,7 +23,7 @@ LENGTHS = [1, 6, 2, 5, 3, 6, 4, 1, 2, 6, 5, 3]  # unequal: chunks of 3 have widt
 
 def make_trainer(tmp_path, loss_agg: str, micro_batch_size: int) -> R2VPOTrainer:
     cfg = R2VPOConfig(model="tiny", dataset="arithmetic", dataset_size=32, prompts_per_step=4, num_generations=3,
-                      max_new_tokens=MAX_NEW_TOKENS, sft_steps=0, eval_every=0, steps=1, updates_per_step=1,
+                      max_new_tokens=MAX_NEW_TOKENS, sft_steps=0, eval_every=0, steps=1, updates_per_step=1, ppo_epochs=1,
                       micro_batch_size=micro_batch_size, loss_agg=loss_agg, init_lambda=2.0, kl_coef=0.1,
                       entropy_coef=0.01, lr=1e-3, progress_bar="off", log_every=0,
                       output_dir=str(tmp_path / f"{loss_agg}-{micro_batch_size}"))
@@ -54,13 +55,7 @@ def make_rollouts(trainer: R2VPOTrainer) -> list[Rollout]:
 
 def update_and_record(trainer: R2VPOTrainer, rollouts: list[Rollout]) -> tuple[torch.Tensor, dict]:
     """The update's metrics and the accumulated gradient the optimiser step sees."""
-    grads = []
-    step = trainer.engine.step
-
-    def recording_step():
-        grads.append(torch.cat([p.grad.detach().flatten() for p in trainer.engine.model.parameters()]))
-        return step()
-    trainer.engine.step = recording_step
+    grads = record_step_grads(trainer)
     metrics = trainer.updater.update(copy.deepcopy(rollouts), current_version=0)
     assert len(grads) == 1
     return grads[0], metrics
@@ -79,8 +74,10 @@ def test_update_is_the_same_for_any_micro_batch_size(tmp_path, loss_agg):
     assert grad_one.abs().max() > 0
     torch.testing.assert_close(grad_many, grad_one, rtol=1e-5, atol=1e-6 * grad_one.abs().max().item())
     # The gradient is the test: Adam's first step, ≈ lr·g/(|g| + eps), hardly sees a rescaled
-    # gradient and magnifies float rounding where |g| ~ eps, so the weights only get lr/100.
-    torch.testing.assert_close(params_many, params_one, rtol=1e-5, atol=1e-5)
+    # gradient and magnifies float rounding where |g| ~ eps, so the weights only get lr/100, and
+    # only where |g| ≫ eps (a 1e-7 gradient off by 2e-8, rounding, moved its weight by lr/20).
+    clear = grad_one.abs() > 1e-6
+    torch.testing.assert_close(params_many[clear], params_one[clear], rtol=1e-5, atol=1e-5)
     for key in ("loss/policy", "r2vpo/pg_loss", "r2vpo/var_penalty", "kl/ref", "entropy/mean", "grad_norm",
                 "r2vpo/ratio_var", "r2vpo/lambda"):
         assert metrics_many[key] == pytest.approx(metrics_one[key], rel=1e-5, abs=1e-8), key

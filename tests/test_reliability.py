@@ -22,7 +22,8 @@ from r2vpo_ascend.trainer.run_dir import StopRequested
 def config(tmp_path, **kw):
     base = dict(model="tiny", dataset="arithmetic", dataset_size=64, eval_size=8, eval_every=0, steps=2,
                 prompts_per_step=4, num_generations=2, max_new_tokens=4, sft_steps=0, lr=1e-3, num_threads=1,
-                output_dir=str(tmp_path / "run"), progress_bar="off", log_every=0, save_every=1)
+                output_dir=str(tmp_path / "run"), progress_bar="off", log_every=0, save_every=1,
+                ppo_epochs=1, replay_ratio=0.0)  # one optimiser step per RL step (the faults are injected per step)
     base.update(kw)
     return R2VPOConfig(**base)
 

@@ -25,6 +25,8 @@ from r2vpo_ascend.algos.errors import ConfigError  # noqa: F401  (re-exported)
 from r2vpo_ascend.algos.losses import PolicyLossConfig
 from r2vpo_ascend.algos.ratio import RATIO_LEVELS
 from r2vpo_ascend.algos.robust import DUAL_VARIANCES, PENALTIES
+from r2vpo_ascend.trainer.loss_defaults import describe as describe_loss_default
+from r2vpo_ascend.trainer.loss_defaults import resolve_loss_defaults
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -190,10 +192,11 @@ class R2VPOConfig:
     updates_per_step: int = _f(1, "Mini-batches per pass over the update batch: the batch is split into this many "
                                "mini-batches, one optimiser step each (>1 makes later mini-batches off-policy; verl's "
                                "`ppo_mini_batch_size` = batch / updates_per_step).")
-    ppo_epochs: int = _f(1, "Passes over each update batch (verl's `ppo_epochs`, TRL's `num_iterations`): every pass "
-                         "reshuffles the batch and takes `updates_per_step` optimiser steps, so one RL step takes "
-                         "ppo_epochs × updates_per_step optimiser steps on the same samples (behaviour log-probs fixed "
-                         "at sampling time).")
+    ppo_epochs: int | None = _f(None, "Passes over each update batch (verl's `ppo_epochs`, TRL's `num_iterations`): "
+                                "every pass reshuffles the batch and takes `updates_per_step` optimiser steps, so one "
+                                "RL step takes ppo_epochs × updates_per_step optimiser steps on the same samples "
+                                "(behaviour log-probs fixed at sampling time); " + describe_loss_default("ppo_epochs")
+                                + " (trainer/loss_defaults.py).")
     micro_batch_size: int = _f(64, "Sequences per forward/backward (gradient accumulation inside a mini-batch).",
                                on_resume=MAY_CHANGE)
     gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward instead of "
@@ -212,8 +215,9 @@ class R2VPOConfig:
     sft_batch_size: int = _f(32, "Batch size of the supervised warm start.")
 
     # ---- replay -------------------------------------------------------------------------
-    replay_ratio: float = _f(0.0, "Fraction of each update batch drawn from the replay buffer (0 = on-policy; "
-                             "0.5 = as many replayed as fresh samples).")
+    replay_ratio: float | None = _f(None, "Fraction of each update batch drawn from the replay buffer (0 = "
+                                    "on-policy; 0.5 = as many replayed as fresh samples); "
+                                    + describe_loss_default("replay_ratio") + " (trainer/loss_defaults.py).")
     max_staleness: int = _f(4, "Replayed samples older than this many policy versions are evicted.")
     replay_capacity: int = _f(4096, "Replay buffer capacity in responses (oldest evicted first).")
 
@@ -259,6 +263,8 @@ class R2VPOConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"config field `{f.name}`: {getattr(self, f.name)!r} is not one of {list(choices)}")
+        # per-loss defaults of the reuse knobs (None: not set by the user); remembered for replace()
+        self._loss_defaulted = resolve_loss_defaults(self) | getattr(self, "_loss_defaulted", frozenset())
         check_ranges(self)
         if self.eval_split == "validation" and (self.eval_dataset or self.dataset) not in ("arithmetic", "sequence"):
             raise ConfigError("config field `eval_split: validation` is built in only for the `arithmetic` and "
@@ -335,6 +341,8 @@ class R2VPOConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, **changes) -> "R2VPOConfig":
+        if "loss" in changes:  # fields that took the old loss's default take the new loss's
+            changes = {**{n: None for n in getattr(self, "_loss_defaulted", ())}, **changes}
         return dataclasses.replace(self, **changes)
 
     @classmethod

@@ -15,6 +15,16 @@ batch k holds the same samples whatever the number of ranks; ranks whose share o
 batch needs fewer micro-batches run empty "padding" micro-batches (a masked-out row: no loss,
 no gradient), because every micro-batch is a round of collectives (the loss's all-reduces,
 and, under ZeRO-3, the weight all-gathers of its forward and backward).
+
+Behaviour log-probs of fresh samples (stored as None by the trainer) are taken where they cost
+least: the first optimiser step of pass 0 runs at the sampling weights, so its own forward's
+detached log-probs are those of its samples; only the fresh samples outside that mini-batch get a
+no-grad pass, before any weight moves (none at all with one mini-batch per pass). Replayed
+samples keep the log-probs stored when they were drawn.
+
+Micro-batches are cut from a mini-batch sorted by sample length (prompt + response), so each
+pads to its own longest sample instead of a random one's. The loss is normalised by the
+mini-batch's counts, not a micro-batch's, so the split changes float rounding only.
 """
 
 from __future__ import annotations
@@ -37,23 +47,37 @@ class PolicyUpdater:
     def __init__(self, engine, config: R2VPOConfig, dual: DualController, *, pad_id: int):
         self.engine, self.config, self.dual, self.pad_id = engine, config, dual, pad_id
         self.loss_config = config.policy_loss_config()
-        # With one optimiser step per RL step, the first forward of the update runs at the very
-        # weights that sampled the fresh responses: its detached log-probs ARE the behaviour
-        # log-probs, so the separate no-grad pass is skipped (same numbers, a third less compute).
-        self.fills_behaviour_log_probs = config.updates_per_step == 1 and config.ppo_epochs == 1
         self.ref_model = None
         if config.kl_coef > 0:  # an engine that partitions its weights (ZeRO-3) keeps a full copy for this
             self.ref_model = engine.frozen_copy()
 
     # ---- behaviour log-probs --------------------------------------------------------------
     @torch.no_grad()
-    def behaviour_log_probs(self, rollouts: list[Rollout]) -> None:
-        """Store log μ(response) at the current weights on each rollout (no grad)."""
-        for chunk in _chunks(rollouts, self.config.micro_batch_size):
+    def behaviour_log_probs(self, rollouts: list[Rollout], *, num_chunks: int = 0) -> None:
+        """Store log μ(response) at the current weights on each rollout (no grad), in length-sorted
+        micro-batches; at least `num_chunks` forwards (padding rows: each is a collective under ZeRO-3)."""
+        chunks = list(_chunks(by_length(rollouts), self.config.micro_batch_size))
+        chunks += [[self._padding_row(0)] for _ in range(num_chunks - len(chunks))]
+        for chunk in chunks:
             batch = collate([r.prompt_ids for r in chunk], [r.response_ids for r in chunk], self.pad_id)
             log_probs, _ = self.engine.log_probs(batch, temperature=self.config.temperature)
             for r, row in zip(chunk, log_probs.float().cpu()):
-                r.old_log_probs = row[:len(r.response_ids)].clone()
+                if not r.extras.get("padding"):
+                    r.old_log_probs = row[:len(r.response_ids)].clone()
+
+    def _fill_behaviour_log_probs(self, batch: list[Rollout], minis: list[list[Rollout]], num_micro: list[int]) -> None:
+        """Before pass 0: behaviour log-probs for the fresh samples (None) outside the first
+        optimiser step's mini-batch, whose forward fills its own (`_old_log_probs`)."""
+        first = next((i for i, n in enumerate(num_micro) if n), None)
+        own = {id(r) for r in minis[first]} if first is not None else set()
+        pending = [r for r in batch if r.old_log_probs is None and id(r) not in own]
+        count = -(-len(pending) // self.config.micro_batch_size)
+        if self.engine.world_size > 1:  # every rank runs as many forwards as the busiest one
+            table = torch.zeros(self.engine.world_size, dtype=torch.float64)
+            table[self.engine.rank] = count
+            count = int(self.engine.all_reduce_sum(table).max().item())
+        if count:
+            self.behaviour_log_probs(pending, num_chunks=count)
 
     # ---- update -------------------------------------------------------------------------
     def update(self, batch: list[Rollout], *, current_version: int, positions: list[int] | None = None) -> dict:
@@ -90,6 +114,8 @@ class PolicyUpdater:
             minis = [[local[p] for p in order[i::cfg.updates_per_step] if p in local]
                      for i in range(cfg.updates_per_step)]
             num_micro = self._micro_batch_counts(minis)  # per mini-batch, the same on every rank
+            if epoch == 0:
+                self._fill_behaviour_log_probs(batch, minis, num_micro)
             for mini, n in zip(minis, num_micro):
                 if n:
                     per_step.append(self._optimizer_step(mini, current_version, n,
@@ -115,7 +141,7 @@ class PolicyUpdater:
     def _optimizer_step(self, mini: list[Rollout], current_version: int, num_micro: int, *,
                         param_split: bool = False) -> dict:
         cfg, engine, loss_config = self.config, self.engine, self.loss_config
-        micro = list(_chunks(mini, cfg.micro_batch_size))
+        micro = list(_chunks(by_length(mini), cfg.micro_batch_size))  # each pads to its own longest
         micro += [[self._padding_row(current_version)] for _ in range(num_micro - len(micro))]
         counts = engine.all_reduce_sum(torch.tensor([float(sum(len(r.response_ids) for r in mini)),
                                                      float(len(mini))], dtype=torch.float64))
@@ -229,7 +255,8 @@ class PolicyUpdater:
                 "staleness": torch.tensor([r.staleness(current_version) for r in chunk], dtype=torch.long)}
 
     def _old_log_probs(self, chunk: list[Rollout], log_probs: torch.Tensor, width: int) -> torch.Tensor:
-        """Stored behaviour log-probs; fresh rollouts without them take this forward's (see __init__)."""
+        """Stored behaviour log-probs; fresh rollouts without them (only in the first optimiser
+        step's mini-batch, at the sampling weights: module docstring) take this forward's."""
         for r, row in zip(chunk, log_probs.detach().float().cpu()):
             if r.old_log_probs is None:
                 r.old_log_probs = row[:len(r.response_ids)].clone()
@@ -254,6 +281,12 @@ class PolicyUpdater:
         log_probs, _ = response_log_probs(self.ref_model, batch.to(next(self.ref_model.parameters()).device),
                                           temperature=self.config.temperature)
         return log_probs
+
+
+def by_length(rollouts: list[Rollout]) -> list[Rollout]:
+    """`rollouts` by total length (prompt + response), ties in the given order: consecutive
+    micro-batches then hold similar lengths and pad little."""
+    return sorted(rollouts, key=lambda r: len(r.prompt_ids) + len(r.response_ids))
 
 
 def _chunks(items: list, size: int):

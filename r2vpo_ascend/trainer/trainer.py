@@ -1,8 +1,10 @@
 """`R2VPOTrainer`: the RL loop, read top to bottom in `train()`.
 
-    rollout (G responses per prompt, behaviour log-probs, policy version)
+    rollout (G responses per prompt, policy version)
       → rewards → advantages (per group, stored with the sample)
       → update batch = fresh + replayed samples; fresh ones enter the replay buffer
+      → behaviour log-probs of the fresh samples (the first optimiser step's forward; a no-grad
+        pass for those outside its mini-batch)
       → per optimiser step: R²VPO (or baseline) loss → backward → step → dual step on the
         GLOBAL ratio variance
       → new policy version; weights pushed to the rollout engine
@@ -256,9 +258,9 @@ class R2VPOTrainer:
     def rollout(self, records: list[dict]) -> list[Rollout]:
         """G responses per prompt from the rollout engine, tagged with the current policy version.
 
-        Behaviour log-probs are the trainer's own at this version: recomputed here, or, when
-        the update happens at this same version (one optimiser step per RL step), taken from
-        the update's forward pass, which computes exactly the same thing.
+        Behaviour log-probs are the trainer's own at this version; they are left None here and
+        filled by the update before its first optimiser step (the first mini-batch's own
+        forward, a no-grad pass for the rest: policy_update.py).
         """
         cfg = self.config
         prompt_ids = tokenize_prompts(self.tokenizer, records, cfg.max_prompt_length)
@@ -277,8 +279,6 @@ class R2VPOTrainer:
                                      group_id=self.next_group_id + self.dist.rank + i * self.dist.world_size,
                                      extras={"finished": g.finished}))
         self.next_group_id += len(records) * self.dist.world_size
-        if not self.updater.fills_behaviour_log_probs:
-            self.updater.behaviour_log_probs(fresh)
         return fresh
 
     def score(self, fresh: list[Rollout], records: list[dict]) -> tuple[dict, torch.Tensor]:
