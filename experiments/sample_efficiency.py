@@ -191,14 +191,14 @@ def tuning_score(evals: list) -> float:
 
 def stage_b_scores(out: Path, task: str, arm: str) -> dict:
     """suffix -> {"overrides", "score", "gain"} of every finished stage-B run of `arm` on `task`."""
-    from experiments.report_data import late_accuracy, read_run
+    from experiments.report_data import late_accuracy, read_run_cached  # picks and target gain read the same runs
     scores = {}
     for suffix, overrides in tune_grid(arm):
         d = out / "tune_b" / task / arm / suffix / f"seed{TUNE_SEED}"
         done = d / "done.json"
         if not done.exists() or json.loads(done.read_text()).get("rc") != 0:
             continue
-        evals = read_run(d)["evals"]
+        evals = read_run_cached(d)["evals"]
         scores[suffix] = {"overrides": overrides, "score": tuning_score(evals),
                           "gain": late_accuracy(evals) - evals[0][2]}
     return scores
@@ -248,8 +248,8 @@ def write_plan(out: Path, stage: str, runs: list[SERun], command: str, extra: di
     rows += [row for rel, row in done.items() if rel not in listed]
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"stage": stage, "command": command, "runs": rows,
-                                "arms": {a: ARMS[a][0] for a in {row["arm"].split("/")[0] for row in rows if row["arm"]}},
-                                "tasks": {t: SE_TASKS[t].title for t in {row["task"] for row in rows}},
+                                "arms": {a: ARMS[a][0] for a in sorted({r["arm"].split("/")[0] for r in rows if r["arm"]})},
+                                "tasks": {t: SE_TASKS[t].title for t in sorted({row["task"] for row in rows})},
                                 "setting": setting},
                                indent=1, default=str))
 
@@ -294,7 +294,8 @@ def main(argv=None) -> int:
     runs = build_plan(args.stage, args.tasks, arms, args.seeds, args.steps, out, picks)
     estimate = simulate(runs, max(args.jobs, 1))
     rl = [r for r in runs if r.kind != "sft"]
-    print(f"[plan] stage {args.stage}: {len(runs) - len(rl)} warm starts, {len(rl)} RL runs ({args.steps or 'default'} steps); "
+    print(f"[plan] stage {args.stage}: {len(runs) - len(rl)} warm starts, {len(rl)} RL runs "
+          f"({args.steps or 'default'} steps); "
           f"tasks {args.tasks}, arms {arms}; estimated {estimate / 3600:.1f} h one at a time "
           f"(cost model; finished runs are skipped, so a resumed stage takes less)", flush=True)
     command = "python -m experiments.sample_efficiency " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -307,7 +308,8 @@ def main(argv=None) -> int:
             write_plan(out, args.stage, runs, command, extra)  # after every run: an interrupted stage keeps its record
         schedule(runs, args.jobs, lambda r: execute_run(None, r, in_process=args.jobs <= 0, keep_models=False),
                  notify)
-    write_plan(out, args.stage, runs, command, extra)
+        write_plan(out, args.stage, runs, command, extra)
+    # --report-only reads the plans as the stages wrote them (its own arms or seeds would rewrite them)
     from experiments.sample_efficiency_report import build_report
     build_report(out, Path(args.report))
     print(f"[report] {args.report}")

@@ -10,7 +10,10 @@ import math
 import statistics
 from pathlib import Path
 
-from experiments.report_data import SMOOTH_STEPS, read_run
+from experiments.report_data import SMOOTH_STEPS, read_run_cached
+
+# the study's R²VPO arms (solid lines; the clipping baselines and TRL are dashed)
+R2VPO_ARMS = ("spec", "huber", "tis", "winsor", "m2", "normalized", "pid", "sequence_ratio")
 
 DIAG_PANELS = (("grad/top1pct_share", "share of |∂L/∂log π| on the top-1% |ρ − c|"),
                ("grad/var_share", "variance term's share of |∂L/∂log π|"),
@@ -33,7 +36,7 @@ def _band(curves: list[list]) -> tuple[list, list, list]:
 
 
 def _smoothed(run_dir: Path, key: str) -> list | None:
-    steps = read_run(run_dir)["steps"]
+    steps = read_run_cached(run_dir)["steps"]
     pts = [(s.get("rollouts", 0), s.get(key)) for s in steps]
     if not any(isinstance(v, (int, float)) for _, v in pts):
         return None
@@ -63,8 +66,7 @@ def write_figures(summary: dict, out: Path, figures_dir: Path) -> dict:
             for a in arms:
                 xs, ms, ss = _band([r["curve"] for r in cells[a]["runs"].values()])
                 ax.plot(xs, [100 * m for m in ms], label=f"{a} ({len(cells[a]['runs'])})", color=colors[a], lw=1.5,
-                        ls="-" if a.startswith(("spec", "huber", "tis", "winsor", "m2", "normalized", "pid",
-                                                "sequence_ratio")) else "--")
+                        ls="-" if a.split("/")[0] in R2VPO_ARMS else "--")
                 ax.fill_between(xs, [100 * (m - s) for m, s in zip(ms, ss)], [100 * (m + s) for m, s in zip(ms, ss)],
                                 color=colors[a], alpha=0.10)
             acc0, gain = cells[arms[0]]["acc0"]["mean"], cells[arms[0]]["target_gain"]

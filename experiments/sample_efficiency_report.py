@@ -24,7 +24,8 @@ import statistics
 from pathlib import Path
 
 from experiments.report import mean_std, rollouts_to_level
-from experiments.report_data import HAND_WRITTEN, late_accuracy, read_run
+from experiments.report_data import HAND_WRITTEN, late_accuracy, read_run_cached
+from experiments.sample_efficiency_figures import R2VPO_ARMS, write_figures
 
 DIAG_MEAN = ("grad/top1pct_share", "grad/var_share", "grad/top1pct_var_share", "r2vpo/lambda", "clip/frac",
              "r2vpo/ratio_var", "r2vpo/dual_ratio_var")
@@ -34,7 +35,7 @@ STAGE_TITLES = {"A": "Stage A: screen at the collapse setting (lr 3e-4, ppo_epoc
 
 
 def run_numbers(run_dir: Path) -> dict:
-    run = read_run(run_dir)
+    run = read_run_cached(Path(run_dir))
     evals, steps = run["evals"], run["steps"]
     accs = [a for _, _, a in evals]
     half = evals[-1][1] / 2
@@ -122,9 +123,6 @@ def _max_of(cell: dict, key: str):
     return max(values) if values else None
 
 
-R2VPO_ARMS = ("spec", "huber", "tis", "winsor", "m2", "normalized", "pid", "sequence_ratio")
-
-
 def _targets(cells: dict) -> list[str]:
     """Issue 11's target, per R²VPO arm: rollouts to target ≤ 0.5× TRL's and ≤ 0.7× our best
     clipping arm's (means with unreached runs counted as the budget), and no collapsed seed."""
@@ -201,10 +199,10 @@ def markdown(summary: dict, figures: dict | None = None) -> str:
 
 
 def build_report(out: Path, report_path: Path) -> dict:
+    read_run_cached.cache_clear()  # runs may have finished since the last build in this process
     summary = summarise(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    from experiments.sample_efficiency_figures import write_figures
     figures = write_figures(summary, out, report_path.parent / "figures")
     # the text after the HAND_WRITTEN marker (the diagnosis) survives a rebuild, as in docs/results.md
     old = report_path.read_text() if report_path.exists() else ""

@@ -130,3 +130,11 @@ def test_dry_run_prints_a_cost_estimate(tmp_path, capsys):
     assert se.main(["--stage", "A", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "36 RL runs" in out and "estimated" in out and not any(tmp_path.iterdir())
+
+
+def test_report_only_leaves_the_stages_plans_as_they_ran(tmp_path):
+    se.write_plan(tmp_path, "A", se.build_plan("A", ["easy"], ["spec"], 1, 10, tmp_path), "the stage's command")
+    before = (tmp_path / "plan_A.json").read_text()
+    assert se.main(["--stage", "A", "--arms", "spec", "ppo_clip", "--report-only", "--out", str(tmp_path),
+                    "--report", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "plan_A.json").read_text() == before and (tmp_path / "r.md").exists()
