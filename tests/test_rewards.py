@@ -70,6 +70,8 @@ def test_math_reward_scores_correct_wrong_and_equivalent_answers(math_reward):
     assert scores == [1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
     assert math_reward.last_metrics["reward/verify_calls"] == len(completions)
     assert math_reward.last_metrics["reward/verify_timeouts"] == 0
+    # 5 of the 8 end in a non-empty \boxed{}: the boxed-format rate is logged even at format weight 0
+    assert math_reward.last_metrics["reward/format_frac"] == pytest.approx(5 / 8)
 
 
 def test_math_reward_accepts_non_string_gold_and_checks_columns(math_reward):

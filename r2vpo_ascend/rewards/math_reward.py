@@ -39,8 +39,9 @@ class MathVerifyReward:
 
     Metrics: ``stats`` (totals since creation) and ``last_metrics`` (the latest call) hold
     ``reward/verify_calls``, ``reward/verify_timeouts``, ``reward/verify_errors`` and
-    ``reward/verify_restarts`` (workers killed and replaced). A timed-out or failed
-    verification scores 0.
+    ``reward/verify_restarts`` (workers killed and replaced); ``last_metrics`` also holds
+    ``reward/format_frac``, the share of completions with a final non-empty ``\\boxed{}`` (logged
+    whatever ``format_weight`` is). A timed-out or failed verification scores 0.
     """
 
     __name__ = "math_verify"
@@ -129,9 +130,11 @@ class MathVerifyReward:
                 metrics["reward/verify_errors"] += status == "error"
                 scores.append(float(score))
             metrics["reward/verify_restarts"] = pool.stats["restarts"] - restarts_before
+        formatted = format_reward(list(completions))
         if self.format_weight:
-            scores = [s + self.format_weight * f for s, f in zip(scores, format_reward(list(completions)))]
+            scores = [s + self.format_weight * f for s, f in zip(scores, formatted)]
         for key in METRIC_KEYS:
             self._totals[key] += metrics[key]
-        self.last_metrics = {**metrics, "reward/verify_seconds": time.perf_counter() - started}
+        self.last_metrics = {**metrics, "reward/verify_seconds": time.perf_counter() - started,
+                             "reward/format_frac": sum(formatted) / len(formatted) if formatted else 0.0}
         return scores  # floats by construction; the trainer validates every reward function's output once
