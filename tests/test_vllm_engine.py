@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r2vpo_ascend.models.tiny import build_tiny_model
+from r2vpo_ascend.models.tiny import build_tiny_model, seeded_llama, tiny_config
 from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, RolloutEngine, RolloutError, SamplingConfig
 from r2vpo_ascend.rollout.vllm import WEIGHTS_FILE, VLLMEngine
@@ -148,6 +148,31 @@ def test_log_probs_match_trainer(served):
     assert len(diffs) > 50 and max(diffs) < 1e-4
 
 
+def test_tied_embeddings_serve_the_synced_weights():
+    """A model whose output layer is its input embeddings (SmolLM2, Qwen2.5-0.5B/1.5B): vLLM's
+    layerwise reload used to leave the output layer on its start-up dummy weights."""
+    pytest.importorskip("vllm", reason=NO_VLLM)
+    tok = build_char_tokenizer()
+    config = tiny_config(len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id)
+    config.tie_word_embeddings = True
+    model = seeded_llama(config, tok, seed=3).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    engine = VLLMEngine(model, tok, dtype="float32", seed=0, max_model_len=256, kv_cache_memory_bytes=64 << 20)
+    try:
+        prompts = _encode(tok, PROMPTS)
+        greedy = SamplingConfig(max_new_tokens=24, greedy=True)
+        hf = HFGenerateEngine(model, tok)
+        assert [g[0].response_ids for g in engine.generate(prompts, greedy)] == \
+            [g[0].response_ids for g in hf.generate(prompts, greedy)]
+        _perturb(model, seed=2)
+        engine.sync_weights(model)
+        assert [g[0].response_ids for g in engine.generate(prompts, greedy)] == \
+            [g[0].response_ids for g in hf.generate(prompts, greedy)]
+    finally:
+        engine.close()
+
+
 @pytest.mark.slow
 def test_disk_sync_with_vllm_in_its_own_processes(tmp_path):
     """vLLM's default layout (engine core and worker in other processes): weights go through a file."""
@@ -197,6 +222,10 @@ class FakeLLM:
         self.calls = []
         self.loaded = {}
 
+    def apply_model(self, func):
+        self.calls.append(("apply_model", func.__name__))
+        return [func(self.worker_model)] if hasattr(self, "worker_model") else [False]
+
     def collective_rpc(self, method, kwargs=None, **_):
         assert method == "reload_weights"
         if "weights_iterator" in kwargs:
@@ -238,6 +267,49 @@ def test_sync_pushes_hf_named_parameters_and_resets_prefix_cache():
     assert "model.layers.0.self_attn.q_proj.bias" in names
     assert torch.equal(engine.llm.loaded["lm_head.weight"], model.lm_head.weight)
     assert engine.llm.calls == [("reload", "memory"), ("reset_prefix_cache",)]
+
+
+class _FakeHead(torch.nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+        self.processed = 0
+        self.quant_method = SimpleNamespace(process_weights_after_loading=self._process)
+
+    def _process(self, layer):
+        assert layer is self and layer.weight is not None
+        self.processed += 1
+
+
+@pytest.mark.usefixtures("in_process_env")
+def test_sync_reties_output_embeddings_of_a_tied_model():
+    """vLLM's reload gives a tied lm_head its old tensor back: the sync points it at the embeddings
+    again and reruns the head's weight processing; untied models get no extra call."""
+    engine, model = _fake_engine(sleep_level=None)
+    engine.sync_weights(model)
+    assert ("apply_model", "_retie_output_embeddings") not in engine.llm.calls  # untied: nothing more
+
+    llm = FakeLLM()
+    llm.llm_engine = SimpleNamespace(vllm_config=SimpleNamespace(
+        parallel_config=FakeLLM.llm_engine.vllm_config.parallel_config,
+        model_config=SimpleNamespace(hf_config=SimpleNamespace(tie_word_embeddings=True))))
+    embed = torch.nn.Embedding(8, 4)
+    stale = torch.nn.Parameter(torch.zeros(8, 4), requires_grad=False)  # what the reload put back
+    llm.worker_model = torch.nn.Module()
+    llm.worker_model.model = torch.nn.Module()
+    llm.worker_model.model.embed_tokens = embed
+    llm.worker_model.lm_head = _FakeHead(stale)
+    engine = VLLMEngine.from_llm(llm, build_char_tokenizer())
+    engine.sync_weights(model)
+    assert llm.calls == [("reload", "memory"), ("apply_model", "_retie_output_embeddings"), ("reset_prefix_cache",)]
+    assert llm.worker_model.lm_head.weight is embed.weight and llm.worker_model.lm_head.processed == 1
+
+    def refuse(func):
+        raise TypeError("cannot pickle a function to another process")
+
+    llm.apply_model = refuse
+    with pytest.raises(RolloutError, match="VLLM_ALLOW_INSECURE_SERIALIZATION"):
+        engine.sync_weights(model)
 
 
 def test_disk_sync_writes_one_safetensors_file(tmp_path):

@@ -183,6 +183,25 @@ class VLLMEngine:
             raise ValueError("VLLMEngine: weight_sync='memory' needs vLLM's worker in this process "
                              "(VLLM_ENABLE_V1_MULTIPROCESSING=0, tensor_parallel_size=1); use 'disk' or 'auto'")
         self.weight_sync = weight_sync if weight_sync != "auto" else ("memory" if in_process else "disk")
+        hf_config = getattr(getattr(llm.llm_engine.vllm_config, "model_config", None), "hf_config", None)
+        self._tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    def _retie_output_embeddings(self) -> None:
+        """Point vLLM's output layer back at the input embeddings after a reload (tied models).
+
+        vLLM's layerwise reload (0.32) loads a tied weight once, through `embed_tokens`; the
+        `lm_head` layer then counts as "not loaded" ("ParallelLMHead: Failed to load weights")
+        and gets its previous tensor back: the dummy weights of start-up, so every token was
+        sampled from random logits (measured on SmolLM2-135M-Instruct, whose embeddings are tied).
+        """
+        try:
+            self.llm.apply_model(_retie_output_embeddings)
+        except Exception as e:  # a worker in another process: vLLM refuses to pickle the function
+            raise RolloutError(
+                "VLLMEngine: the model ties its output layer to its input embeddings, and re-tying them in "
+                f"vLLM's worker after a weight sync failed ({type(e).__name__}: {e}). Run vLLM's worker in this "
+                "process (VLLM_ENABLE_V1_MULTIPROCESSING=0, tensor_parallel_size=1), or allow callables to reach "
+                "its workers with VLLM_ALLOW_INSECURE_SERIALIZATION=1") from e
 
     # ---- the protocol ---------------------------------------------------------------------
     def sampling_params(self, sampling: SamplingConfig, n: int = 1, **overrides):
@@ -237,6 +256,8 @@ class VLLMEngine:
         else:
             _write_weights(model, self.work_dir)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.work_dir)})
+        if self._tied_embeddings:
+            self._retie_output_embeddings()
         # Prefix-cached KV blocks were computed with the old weights.
         if not self.llm.reset_prefix_cache():
             raise RolloutError("vLLM could not reset its prefix cache after the weight sync (requests in flight?)")
@@ -293,6 +314,22 @@ def _workers_in_this_process(parallel_config) -> bool:
         return False
     backend = parallel_config.distributed_executor_backend
     return backend == "external_launcher" or (backend in ("uni", None) and parallel_config.world_size == 1)
+
+
+def _retie_output_embeddings(model: torch.nn.Module) -> bool:
+    """In a vLLM worker: `lm_head.weight` is `model.embed_tokens.weight` again, and the output
+    layer's weight processing (the CPU build packs it for its GEMM) reruns. False if the model
+    has no such pair (nothing to do)."""
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if getattr(lm_head, "weight", None) is None or getattr(embed, "weight", None) is None:
+        return False
+    if lm_head.weight is not embed.weight:
+        lm_head.weight = embed.weight
+    method = getattr(lm_head, "quant_method", None)
+    if method is not None:
+        method.process_weights_after_loading(lm_head)
+    return True
 
 
 def _write_weights(model: torch.nn.Module, directory: Path) -> None:
