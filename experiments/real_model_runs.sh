@@ -5,6 +5,7 @@
 #
 #   bash experiments/real_model_runs.sh train r2vpo ppo_clip   # two arms side by side, 1 thread each
 #   bash experiments/real_model_runs.sh train r2vpo_4pass       # R²VPO's new defaults (4 passes, δ 0.016)
+#   STEPS=30 bash experiments/real_model_runs.sh train r2vpo_nofmt   # r2vpo, correctness reward only
 #   bash experiments/real_model_runs.sh gsm8k base r2vpo        # r2vpo eval --limit 100, n=1 and n=4
 #   python -m experiments.real_model_report --arms r2vpo ppo_clip r2vpo_4pass
 #
@@ -25,7 +26,9 @@ arm_overrides() {
         ppo_clip)    echo "loss=ppo_clip replay_ratio=0.5 ppo_epochs=1" ;;
         # R²VPO's defaults since the sample-efficiency study: 4 passes, replay 0.5, δ 0.016, η_λ 3.125
         r2vpo_4pass) echo "loss=r2vpo replay_ratio=0.5 ppo_epochs=4 ratio_var_target=0.016 dual_lr=3.125" ;;
-        *) echo "unknown arm $1 (r2vpo, ppo_clip, r2vpo_4pass)" >&2; exit 2 ;;
+        # the r2vpo arm without the 0.2 \boxed{} bonus, which the first two arms learned to game
+        r2vpo_nofmt) echo "loss=r2vpo replay_ratio=0.5 ppo_epochs=1 format_reward_weight=0" ;;
+        *) echo "unknown arm $1 (r2vpo, ppo_clip, r2vpo_4pass, r2vpo_nofmt)" >&2; exit 2 ;;
     esac
 }
 

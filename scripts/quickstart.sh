@@ -4,7 +4,7 @@
 # R²VPO. No downloads. Prints the held-out accuracy before/after RL and writes training_curves.png.
 #   bash scripts/quickstart.sh                    # the default run (configs/tiny_cpu.yaml, runs/quickstart)
 #   bash scripts/quickstart.sh steps=20 loss=ppo_clip output_dir=runs/clip   # any override
-#   bash scripts/quickstart.sh --config configs/smollm2_math.yaml steps=20   # a real pretrained LLM
+#   bash scripts/quickstart.sh --config configs/smollm2_math.yaml steps=10   # a real pretrained LLM
 #                                                 # (SmolLM2-135M-Instruct, installed by _install.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -114,7 +114,7 @@ def test_two_rl_steps_with_the_shipped_config(session_cache, gguf_path, tmp_path
     overrides = ["steps=2", "prompts_per_step=2", "num_generations=2", "max_new_tokens=24", "eval_every=0",
                  "save_every=1", "num_threads=2", f"output_dir={tmp_path / 'run'}", "progress_bar=off"]
     config = R2VPOConfig.from_yaml(CONFIG, overrides)
-    assert config.model == PRESET and config.reward == "math_verify" and config.format_reward_weight > 0
+    assert config.model == PRESET and config.reward == "math_verify" and config.format_reward_weight == 0
     assert config.keep_checkpoints == 1
     trainer = R2VPOTrainer(config=config)
     reward_fn = trainer.reward_fn
@@ -128,10 +128,11 @@ def test_two_rl_steps_with_the_shipped_config(session_cache, gguf_path, tmp_path
     completions = spy.completions
     assert len(completions) == 8 and all(c.strip() for c in completions), completions
     assert sum(c in string.ascii_letters + string.digits for c in "".join(completions)) > 40, completions
-    # Scored by math-verify (+ the \boxed{} format reward): a right boxed answer 1.2, a wrong one 0.2.
+    # Scored by math-verify, correctness only (a box earns nothing by itself: the placeholder was gamed)
     assert type(reward_fn).__name__ == "MathVerifyReward" and reward_fn.stats["reward/verify_calls"] >= 8
-    assert reward_fn(prompts=["p", "p"], completions=["so \\boxed{12}", "so \\boxed{13}"],
-                     answer=["12", "12"]) == pytest.approx([1.2, 0.2])
+    assert reward_fn(prompts=["p"] * 3, completions=["so \\boxed{12}", "so \\boxed{13}", "\\boxed{number}"],
+                     answer=["12"] * 3) == pytest.approx([1.0, 0.0, 0.0])
+    assert reward_fn.last_metrics["reward/format_frac"] == pytest.approx(1.0)  # still logged
 
     final = tmp_path / "run" / "final"
     reloaded = AutoModelForCausalLM.from_pretrained(final)

@@ -58,16 +58,17 @@ def test_arm_numbers_windows_and_medians(tmp_path):
 
 
 def test_markdown_and_doc_update_keep_the_hand_written_text(tmp_path):
-    for arm, gain in (("r2vpo", 0.05), ("ppo_clip", 0.0)):
-        _write_run(tmp_path, arm, reward_gain=gain)
+    for arm, gain, steps in (("r2vpo", 0.05, 12), ("ppo_clip", 0.0, 12), ("short", 0.0, 11)):
+        _write_run(tmp_path, arm, reward_gain=gain, steps=steps)
     (tmp_path / "gsm8k_base_n1.json").write_text(json.dumps({
         "n": 1, "sampling": {"max_new_tokens": 256},
         "benchmarks": {"gsm8k": {"metrics": {"avg@1": 0.02, "pass@1": 0.02, "response_length": 100.0,
                                              "truncated_frac": 0.1}, "seconds": 120.0}}}))
     figure = rmr.write_figure(tmp_path, ["r2vpo", "ppo_clip"], tmp_path / "figures" / "curves.png")
     assert figure.stat().st_size > 10_000
-    text = rmr.markdown(tmp_path, ["r2vpo", "ppo_clip"], figure, tmp_path / "doc.md")
-    assert "| `r2vpo` | 14.0% | 30.0% |" in text
+    text = rmr.markdown(tmp_path, ["r2vpo", "ppo_clip", "short"], figure, tmp_path / "doc.md")
+    assert "| arm | step 0 | step 11 | step 12 |" in text
+    assert "| `r2vpo` | 14.0% | – | 30.0% |" in text and "| `short` | 14.0% | 30.0% | – |" in text
     assert "| `base` | 2.0% | – | – |" in text          # no n=4 file: dashes, not invented numbers
     assert "loss `ppo_clip`, ppo_epochs 1, replay_ratio 0.5" in text
     doc = tmp_path / "doc.md"
