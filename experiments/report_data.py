@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -47,3 +48,33 @@ def read_run_cached(run_dir: Path) -> dict:
 def late_accuracy(evals: list, window: int = LATE_WINDOW) -> float:
     accs = [a for step, _, a in evals if step > 0] or [evals[-1][2]]
     return statistics.fmean(accs[-window:])
+
+
+def smoothed_series(run_dir: Path, key: str) -> list | None:
+    """[[rollouts, rolling mean of `key` over SMOOTH_STEPS steps], ...] for a run's steps (a
+    missing or non-finite value is left out of its windows), or None if no step has `key`."""
+    pts = [(s.get("rollouts", 0), s.get(key)) for s in read_run_cached(Path(run_dir))["steps"]]
+    if not any(isinstance(v, (int, float)) for _, v in pts):
+        return None
+    ys = [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for _, v in pts]
+    out = []
+    for i, (x, _) in enumerate(pts):
+        window = [y for y in ys[max(0, i - SMOOTH_STEPS + 1):i + 1] if not math.isnan(y)]
+        out.append([x, statistics.fmean(window) if window else math.nan])
+    return out
+
+
+def band(curves: list[list]) -> tuple[list, list, list]:
+    """[[x, y], ...] curves of several seeds -> x, mean, std (on the shortest curve's points)."""
+    n = min(len(c) for c in curves)
+    xs = [curves[0][i][0] for i in range(n)]
+    cols = [[c[i][1] for c in curves] for i in range(n)]
+    return xs, [statistics.fmean(c) for c in cols], [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

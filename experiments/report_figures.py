@@ -4,49 +4,27 @@ and the R²VPO diagnostics (λ, ratio variance, ESS, sign-flip share) over train
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 
-from experiments.report_data import SMOOTH_STEPS, read_run_cached
+from experiments.report_data import SMOOTH_STEPS, band, pyplot, smoothed_series
 
 # ---- figures ------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _step_series(out_dir: Path, plan: dict, task: str, arm: str, key: str):
     """Per-step `key` (rolling mean), averaged over seeds: x (rollouts), mean, std."""
-    series = []
+    curves = []
     for r in plan["runs"]:
         if r["kind"] == "main" and r["task"] == task and r["arm"] == arm:
             try:
-                steps = read_run_cached(out_dir / r["run_dir"])["steps"]
+                curve = smoothed_series(out_dir / r["run_dir"], key)
             except (FileNotFoundError, ValueError):
                 continue
-            pts = [(s["rollouts"], s.get(key)) for s in steps]
-            if not any(isinstance(v, (int, float)) for _, v in pts):
-                continue
-            ys, smoothed = [v if isinstance(v, (int, float)) else math.nan for _, v in pts], []
-            for i in range(len(ys)):
-                window = [y for y in ys[max(0, i - SMOOTH_STEPS + 1):i + 1] if not math.isnan(y)]
-                smoothed.append(statistics.fmean(window) if window else math.nan)
-            series.append(([x for x, _ in pts], smoothed))
-    if not series:
-        return None
-    n = min(len(s[0]) for s in series)
-    xs = series[0][0][:n]
-    cols = [[s[1][i] for s in series] for i in range(n)]
-    mean = [statistics.fmean(c) for c in cols]
-    std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
-    return xs, mean, std
+            if curve:
+                curves.append(curve)
+    return band(curves) if curves else None
 
 
 def write_figures(summary: dict, out_dir: Path, figures_dir: Path) -> dict:
-    plt = _plt()
+    plt = pyplot()
     plan = summary["plan"]
     tasks, arms = plan["tasks"], plan["arms"]
     figures_dir.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,9 @@ the largest ratio), each a rolling mean over SMOOTH_STEPS steps, averaged over s
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 
-from experiments.report_data import SMOOTH_STEPS, read_run_cached
+from experiments.report_data import SMOOTH_STEPS, band, pyplot, smoothed_series
 
 # the study's R²VPO arms (solid lines; the clipping baselines and TRL are dashed)
 R2VPO_ARMS = ("spec", "huber", "tis", "winsor", "m2", "normalized", "pid", "sequence_ratio")
@@ -20,38 +18,10 @@ DIAG_PANELS = (("grad/top1pct_share", "share of |∂L/∂log π| on the top-1% |
                ("r2vpo/lambda", "λ"), ("r2vpo/ratio_max", "largest ρ (log scale)"))
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _band(curves: list[list]) -> tuple[list, list, list]:
-    """[[x, y], ...] curves of several seeds -> x, mean, std (on the shortest curve's points)."""
-    n = min(len(c) for c in curves)
-    xs = [curves[0][i][0] for i in range(n)]
-    cols = [[c[i][1] for c in curves] for i in range(n)]
-    return xs, [statistics.fmean(c) for c in cols], [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
-
-
-def _smoothed(run_dir: Path, key: str) -> list | None:
-    steps = read_run_cached(run_dir)["steps"]
-    pts = [(s.get("rollouts", 0), s.get(key)) for s in steps]
-    if not any(isinstance(v, (int, float)) for _, v in pts):
-        return None
-    ys = [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for _, v in pts]
-    out = []
-    for i, (x, _) in enumerate(pts):
-        window = [y for y in ys[max(0, i - SMOOTH_STEPS + 1):i + 1] if not math.isnan(y)]
-        out.append([x, statistics.fmean(window) if window else math.nan])
-    return out
-
-
 def write_figures(summary: dict, out: Path, figures_dir: Path) -> dict:
     """{"<stage>_<task>_accuracy" | "<stage>_<task>_diagnostics": path} for every stage and task
     with finished runs (stage B, one seed per candidate, gets no figure)."""
-    plt = _plt()
+    plt = pyplot()
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for stage, block in summary.items():
@@ -64,7 +34,7 @@ def write_figures(summary: dict, out: Path, figures_dir: Path) -> dict:
             colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
             fig, ax = plt.subplots(figsize=(7.5, 4.8))
             for a in arms:
-                xs, ms, ss = _band([r["curve"] for r in cells[a]["runs"].values()])
+                xs, ms, ss = band([r["curve"] for r in cells[a]["runs"].values()])
                 ax.plot(xs, [100 * m for m in ms], label=f"{a} ({len(cells[a]['runs'])})", color=colors[a], lw=1.5,
                         ls="-" if a.split("/")[0] in R2VPO_ARMS else "--")
                 ax.fill_between(xs, [100 * (m - s) for m, s in zip(ms, ss)], [100 * (m + s) for m, s in zip(ms, ss)],
@@ -83,10 +53,10 @@ def write_figures(summary: dict, out: Path, figures_dir: Path) -> dict:
             fig, axes = plt.subplots(1, len(DIAG_PANELS), figsize=(4.3 * len(DIAG_PANELS), 3.5), squeeze=False)
             for ax, (key, title) in zip(axes[0], DIAG_PANELS):
                 for a in arms:
-                    curves = [c for c in (_smoothed(out / row, key) for row in cells[a]["run_dirs"]) if c]
+                    curves = [c for c in (smoothed_series(out / row, key) for row in cells[a]["run_dirs"]) if c]
                     if not curves:
                         continue
-                    xs, ms, ss = _band(curves)
+                    xs, ms, ss = band(curves)
                     ax.plot(xs, ms, label=a, color=colors[a], lw=1.2)
                     ax.fill_between(xs, [max(m - s, 1e-6) for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
                                     color=colors[a], alpha=0.10)
