@@ -145,8 +145,10 @@ def markdown(runs: Path, arms: list[str], figure: Path, doc: Path) -> str:
     for arm, n in nums.items():
         c = n["config"]
         lines.append(f"- `{arm}`: loss `{c.get('loss')}`, ppo_epochs {c.get('ppo_epochs')}, replay_ratio "
-                     f"{c.get('replay_ratio')}, lr {c.get('lr')}, {c.get('num_threads')} thread(s), "
-                     f"steps {c.get('steps')}")
+                     f"{c.get('replay_ratio')}, lr {c.get('lr')}, format weight {c.get('format_reward_weight')}, "
+                     f"seed {c.get('seed')}, {c.get('num_threads')} thread(s), steps {c.get('steps')}"
+                     + (f", δ {c.get('ratio_var_target')}, η_λ {c.get('dual_lr')}" if c.get("loss") == "r2vpo" else "")
+                     + (f", mixed precision {c['mixed_precision']}" if c.get("mixed_precision", "no") != "no" else ""))
     lines += ["", "**Held-out accuracy** (50 problems of the arithmetic pool never trained on, greedy, 128 tokens; "
               "`eval/accuracy`):", "", "| arm | " + " | ".join(f"step {s}" for s in eval_steps) + " |",
               "|---|" + "---|" * len(eval_steps)]
