@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 import device
-from device.flops import cpu_model
+from device.flops import cpu_matrix_flags, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 _GIB = 1 << 30
@@ -35,6 +35,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
+        "cpu_matrix_flags": cpu_matrix_flags(),  # amx_bf16 etc.: bf16 matrix units (mixed precision's gain)
         "cpu_logical_cores": os.cpu_count(),
         "cpu_usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),

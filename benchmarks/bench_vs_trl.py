@@ -37,7 +37,11 @@ Both trainers get the same thing:
 
 Arm `ours_vllm` (default with the real model) is ours with `rollout_engine: vllm`: it runs only
 where vllm is importable (it cannot force exactly L tokens: its lengths are recorded) and is
-otherwise reported as skipped, with the reason.
+otherwise reported as skipped, with the reason. Arms `ours_bf16` and `trl_grpo_bf16` are
+`ours_ppo_clip` and `trl_grpo` in bf16 mixed precision, float32 weights and AdamW state on both
+sides: ours `mixed_precision: bf16` (the decoder's forwards and HF generate under torch.autocast,
+the LM head's log-probs in float32), TRL `bf16=True` (accelerate's autocast around the whole
+forward, generation included); `ours_bf16`'s "vs TRL" is against `trl_grpo_bf16`.
 
 Each (round, setting, arm) runs in a fresh spawned process: `--warmup` steps, then `--steps`
 measured steps, and no more (ours writes no checkpoint or final model: `_save` and
@@ -75,10 +79,11 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "vs_trl_cpu.json"
 REAL_OUT = ROOT / "benchmarks" / "results" / "vs_trl_smollm2.json"
 ARMS = ("ours_ppo_clip", "trl_grpo", "ours_r2vpo", "trl_grpo_gc")
 REAL_ARMS = ("ours_ppo_clip", "trl_grpo", "ours_vllm")  # the defaults with the real model
+BF16_ARMS = ("ours_bf16", "trl_grpo_bf16")  # mixed precision on both sides, on request
 
 
 def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int,
-             model_name: str = "tiny", rollout_engine: str = "hf") -> dict:
+             model_name: str = "tiny", rollout_engine: str = "hf", mixed_precision: str = "no") -> dict:
     """Our trainer, in this (fresh) process: per-step times of steps warmup+1 .. warmup+steps."""
     import json
 
@@ -97,6 +102,7 @@ def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps
         kl_coef=0.0, loss_agg="token-mean", replay_ratio=0.0, sft_steps=0, eval_every=0, save_every=0,
         log_every=0, progress_bar="off", resume="never", num_threads=threads, seed=seed, output_dir=out,
         steps=warmup + steps, max_prompt_length=max_prompt_length(model_name), rollout_engine=rollout_engine,
+        mixed_precision=mixed_precision,
     )
     trainer = R2VPOTrainer(model=model, tokenizer=tokenizer, reward_fn=ArithmeticReward(),
                            train_dataset=_records(seed, tokenizer, model_name), config=config)
@@ -127,7 +133,7 @@ def run_ours(loss: str, prompts: int, gens: int, length: int, warmup: int, steps
 
 
 def run_trl(prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int,
-            gradient_checkpointing: bool = False, model_name: str = "tiny") -> dict:
+            gradient_checkpointing: bool = False, model_name: str = "tiny", bf16: bool = False) -> dict:
     """TRL's GRPOTrainer with the equivalent settings, in this (fresh) process."""
     import torch
     from datasets import Dataset
@@ -149,7 +155,7 @@ def run_trl(prompts: int, gens: int, length: int, warmup: int, steps: int, threa
         max_completion_length=length, generation_kwargs={"min_new_tokens": length}, temperature=1.0, top_p=1.0,
         top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=LR,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,  # optim: HF's default
-        logging_strategy="no", save_strategy="no", report_to=[], use_vllm=False, bf16=False, fp16=False,
+        logging_strategy="no", save_strategy="no", report_to=[], use_vllm=False, bf16=bf16, fp16=False,
         use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0, max_steps=warmup + steps,
         gradient_checkpointing=gradient_checkpointing,  # TRL's default is True: a second forward in the backward
     )
@@ -207,9 +213,12 @@ def _summary(wall, cpu, gen, update, min_len, max_len, threads, inner) -> dict:
 
 def run_arm(arm: str, prompts: int, gens: int, length: int, warmup: int, steps: int, threads: int, seed: int,
             model_name: str = "tiny") -> dict:
-    if arm in ("trl_grpo", "trl_grpo_gc"):
+    if arm in ("trl_grpo", "trl_grpo_gc", "trl_grpo_bf16"):
         return run_trl(prompts, gens, length, warmup, steps, threads, seed, gradient_checkpointing=arm == "trl_grpo_gc",
-                       model_name=model_name)
+                       model_name=model_name, bf16=arm == "trl_grpo_bf16")
+    if arm == "ours_bf16":
+        return run_ours("ppo_clip", prompts, gens, length, warmup, steps, threads, seed, model_name,
+                        mixed_precision="bf16")
     if arm == "ours_vllm":
         return run_ours("ppo_clip", prompts, gens, length, warmup, steps, threads, seed, model_name, rollout_engine="vllm")
     return run_ours(arm.removeprefix("ours_"), prompts, gens, length, warmup, steps, threads, seed, model_name)
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="PROMPTSxGENERATIONSxTOKENS list (comma-separated); default 4x4x16,8x8x64 (tiny), "
                              "4x4x64 (real model)")
     parser.add_argument("--arms", type=_str_list, default=None,
-                        help=f"subset of {','.join(ARMS + REAL_ARMS[2:])}; default {','.join(ARMS)} (tiny), "
+                        help=f"subset of {','.join(ARMS + REAL_ARMS[2:] + BF16_ARMS)}; default {','.join(ARMS)} (tiny), "
                              f"{','.join(REAL_ARMS)} (real model)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all arms (a fresh process per case)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first in each process (>= 1)")
@@ -303,7 +312,7 @@ def _summarise(runs: list[dict], args) -> list[dict]:
     rows = []
     for p, g, length in args.settings:
         setting = f"{p}x{g}x{length}"
-        trl = None
+        trl = {}
         for arm in args.arms:
             mine = [r for r in runs if r["arm"] == arm and r["setting"] == setting]
             pooled = {k: [x for r in mine for x in r[k]]
@@ -315,18 +324,25 @@ def _summarise(runs: list[dict], args) -> list[dict]:
                    "completion_length": [min(r["completion_length_min"] for r in mine),
                                          max(r["completion_length_max"] for r in mine)]}
             row["samples_per_s"] = p * g / row["median_step_s"]
-            if arm == "trl_grpo":
-                trl = row
+            if arm in ("trl_grpo", "trl_grpo_bf16"):
+                trl[arm] = row
             rows.append(row)
         for row in rows:
-            if row["setting"] == setting and trl is not None:
-                row["speedup_vs_trl"] = trl["median_step_s"] / row["median_step_s"]
-                row["cpu_speedup_vs_trl"] = trl["median_cpu_s"] / row["median_cpu_s"]
-                rounds = {r["round"]: median(r["step_s"]) for r in runs if r["arm"] == "trl_grpo" and r["setting"] == setting}
+            base = trl_baseline(row["arm"])
+            if row["setting"] == setting and base in trl:
+                row["vs_trl_arm"] = base
+                row["speedup_vs_trl"] = trl[base]["median_step_s"] / row["median_step_s"]
+                row["cpu_speedup_vs_trl"] = trl[base]["median_cpu_s"] / row["median_cpu_s"]
+                rounds = {r["round"]: median(r["step_s"]) for r in runs if r["arm"] == base and r["setting"] == setting}
                 per_round = [rounds[r["round"]] / median(r["step_s"]) for r in runs
                              if r["arm"] == row["arm"] and r["setting"] == setting and r["round"] in rounds]
                 row["speedup_vs_trl_per_round"] = per_round
     return rows
+
+
+def trl_baseline(arm: str) -> str:
+    """The TRL arm `arm` is compared with: the bf16 one for the mixed-precision arms."""
+    return "trl_grpo_bf16" if arm in BF16_ARMS else "trl_grpo"
 
 
 def _table(rows: list[dict]) -> str:

@@ -212,6 +212,13 @@ _BACKENDS: dict[str, Backend] = {
 _current: Backend | None = None
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast on `device`'s type (cpu, cuda, npu) in `dtype`; nothing when `dtype` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def current() -> Backend:
     """The backend of this process, chosen on first call and cached.
 

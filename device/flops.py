@@ -54,6 +54,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def cpu_matrix_flags() -> list[str]:
+    """The CPU's bf16/int8 matrix and vector extensions (amx_bf16, avx512_bf16, ...) from
+    /proc/cpuinfo: whether bf16 GEMMs beat float32 ones on this CPU (empty elsewhere)."""
+    wanted = ("amx_bf16", "amx_fp16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in present]
+    except OSError:
+        pass
+    return []
+
+
 def peak_tflops(name: str, dtype: torch.dtype = torch.bfloat16) -> float | None:
     """Datasheet peak dense TFLOP/s of the part called `name` for 16-bit math, or None if unknown.
 

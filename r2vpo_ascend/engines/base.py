@@ -25,6 +25,7 @@ class TrainingEngine(Protocol):
     model: torch.nn.Module
     rank: int
     world_size: int
+    compute_dtype: torch.dtype | None  # torch.autocast dtype of the forwards (config `mixed_precision`), or None
 
     def log_probs(self, batch: TokenBatch, *, temperature: float, with_entropy: bool = False): ...
     def backward(self, loss: torch.Tensor) -> None: ...

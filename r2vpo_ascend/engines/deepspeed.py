@@ -139,6 +139,8 @@ class DeepSpeedEngine:
     """`TrainingEngine` on DeepSpeed ZeRO. `model` is the Hugging Face module (generation,
     weight sync, saving); forwards for training go through the DeepSpeed engine `self.ds`."""
 
+    compute_dtype = None  # DeepSpeed's own bf16 section does mixed precision (config refuses `mixed_precision`)
+
     def __init__(self, model: torch.nn.Module, config: R2VPOConfig, backend, dtype: torch.dtype,
                  dist: device.DistInfo | None = None):
         deepspeed = _import_deepspeed()

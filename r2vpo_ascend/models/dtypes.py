@@ -7,12 +7,21 @@ import torch
 from r2vpo_ascend.algos.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPUTE_DTYPES = {"no": None, "bf16": torch.bfloat16}  # config field `mixed_precision`
 
 
-def resolve_dtype(name: str, backend) -> torch.dtype:
-    """`auto` → `backend.default_dtype` (bf16 on accelerators, fp32 on the CPU); else one of `DTYPES`."""
+def compute_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The torch.autocast dtype of `mixed_precision` (None: no autocast)."""
+    if mixed_precision not in COMPUTE_DTYPES:
+        raise ConfigError(f"mixed_precision must be one of {sorted(COMPUTE_DTYPES)}, got {mixed_precision!r}")
+    return COMPUTE_DTYPES[mixed_precision]
+
+
+def resolve_dtype(name: str, backend, *, mixed_precision: str = "no") -> torch.dtype:
+    """`auto` → `backend.default_dtype` (bf16 on accelerators, fp32 on the CPU), or float32 when
+    `mixed_precision` computes in bf16 over float32 weights; else one of `DTYPES`."""
     if name == "auto":
-        return backend.default_dtype
+        return torch.float32 if mixed_precision != "no" else backend.default_dtype
     if name not in DTYPES:
         raise ConfigError(f"dtype must be `auto` or one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]

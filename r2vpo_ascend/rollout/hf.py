@@ -1,7 +1,8 @@
 """Rollout with transformers' `generate`: batched, left-padded, with KV cache. Always available.
 
 The engine shares the training module itself, so `sync_weights` has nothing to copy: the
-next `generate` already samples from the updated weights.
+next `generate` already samples from the updated weights. With a `compute_dtype` (config
+`mixed_precision: bf16`) it samples under torch.autocast in that dtype, as the training forward runs.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+import device
 from r2vpo_ascend.rollout.base import Generation, RolloutEngine, RolloutError, SamplingConfig, find_eos_ids
 
 
 class HFGenerateEngine(RolloutEngine):  # sleep/wake: nothing held outside the model
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 256):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 256,
+                 compute_dtype: torch.dtype | None = None):
         if tokenizer.pad_token_id is None:
             raise RolloutError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS token)")
         self.model = model
         self.pad_id = tokenizer.pad_token_id
         self.eos_ids = find_eos_ids(model, tokenizer)
         self.batch_size = batch_size  # prompts × n per generate call, bounds activation memory
+        self.compute_dtype = compute_dtype
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, n: int = 1) -> list[list[Generation]]:
         if not prompts:
@@ -31,7 +35,7 @@ class HFGenerateEngine(RolloutEngine):  # sleep/wake: nothing held outside the m
         try:
             # inference_mode rather than no_grad: no autograd bookkeeping (version counters, view
             # tracking) on the thousands of small ops of a decode loop (~10% of it on CPU).
-            with torch.inference_mode():
+            with torch.inference_mode(), device.autocast(next(self.model.parameters()).device, self.compute_dtype):
                 per_call = max(1, self.batch_size // n)
                 out: list[list[Generation]] = []
                 for start in range(0, len(prompts), per_call):

@@ -80,6 +80,13 @@ class R2VPOConfig:
                                  on_resume=MAY_CHANGE)
     dtype: str = _f("auto", "Training dtype: `auto` (the backend's default: bf16 on accelerators, fp32 on CPU), "
                     "`float32`, `bfloat16`, `float16`.", ("auto", "float32", "bfloat16", "float16"))
+    mixed_precision: str = _f("no", "`bf16`: the decoder's forward (training, behaviour log-probs, the KL reference and "
+                              "HF generate) runs under torch.autocast in bf16 while the weights, gradients and AdamW "
+                              "state stay float32 (`dtype: auto` then means float32 on every backend); the LM head's "
+                              "log-probs stay float32. About 2x per step on a CPU with bf16 matrix units (AMX), "
+                              "slower on one without (docs/performance.md). `no`: everything in `dtype`. "
+                              "Native engine only (DeepSpeed has its own bf16 section).", ("no", "bf16"),
+                              on_resume=MAY_CHANGE)
     dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), `sequence` (built-in task with "
                       "responses of ≥ 16 tokens: each of `sequence_length` digits plus one, see docs/data.md), a "
                       "built-in benchmark name, a "
@@ -276,6 +283,13 @@ class R2VPOConfig:
             raise ConfigError(f"config field `collective_timeout_s` must be > 0 seconds, got {self.collective_timeout_s}")
         if self.temperature <= 0:
             raise ConfigError(f"config field `temperature` must be > 0, got {self.temperature}")
+        if self.mixed_precision != "no" and self.dtype in ("bfloat16", "float16"):
+            raise ConfigError(f"config field `mixed_precision: {self.mixed_precision}` keeps float32 weights under a "
+                              f"bf16 compute dtype; `dtype: {self.dtype}` already trains in half precision: set "
+                              "`dtype: float32` (or `auto`) or `mixed_precision: no`")
+        if self.mixed_precision != "no" and self.engine == "deepspeed":
+            raise ConfigError("config field `mixed_precision` is for the native engine; with `engine: deepspeed` "
+                              "set bf16 in `deepspeed_config` (DeepSpeed keeps float32 master weights itself)")
         self.policy_loss_config()  # the loss and dual settings are validated where they are used
         check_dual_settings(self.init_lambda, self.ratio_var_target, self.dual_lr, self.dual_update,
                             self.lambda_max, self.lambda_min, self.dual_step_max, kp=self.dual_kp, kd=self.dual_kd)

@@ -3,11 +3,17 @@
 Runs the decoder to its final hidden states, keeps only the columns that predict response
 tokens, and hands them with the LM head to `device.kernels.token_log_probs`, which works
 through the vocabulary in chunks (153k-vocab models never hold [tokens × vocab] logits).
+
+With a `compute_dtype` (config `mixed_precision: bf16`) the decoder runs under torch.autocast
+and its hidden states are cast back to float32 for the head: the kernel's products, and so
+the log-ratios R²VPO's variance is taken of, are never rounded to bf16.
 """
 
 from __future__ import annotations
 
 import torch
+
+import device
 from device.kernels import token_log_probs
 
 from r2vpo_ascend.trainer.batch import TokenBatch
@@ -16,15 +22,20 @@ IGNORE = -100
 
 
 def response_log_probs(model: torch.nn.Module, batch: TokenBatch, *, temperature: float = 1.0,
-                       with_entropy: bool = False, chunk_size: int = 1024):
-    """Log π(response token) at `temperature`, `[B, T]` (0 on padding); entropy `[B, T]` too if asked."""
+                       with_entropy: bool = False, chunk_size: int = 1024,
+                       compute_dtype: torch.dtype | None = None):
+    """Log π(response token) at `temperature`, `[B, T]` (0 on padding); entropy `[B, T]` too if asked.
+    `compute_dtype`: the decoder's autocast dtype (None: the weights' own)."""
     decoder = model.get_decoder()
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    with device.autocast(batch.input_ids.device, compute_dtype):
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
     P, T = batch.prompt_width, batch.response_ids.shape[1]
     hidden = hidden[:, P - 1:P - 1 + T, :]                     # columns predicting response tokens
-    labels = batch.response_ids.masked_fill(batch.response_mask == 0, IGNORE)
     head = model.get_output_embeddings()
+    if compute_dtype is not None:
+        hidden = hidden.to(head.weight.dtype)
+    labels = batch.response_ids.masked_fill(batch.response_mask == 0, IGNORE)
     out = token_log_probs(hidden.reshape(-1, hidden.shape[-1]), head.weight, labels.reshape(-1),
                           chunk_size=chunk_size, temperature=temperature, return_entropy=with_entropy,
                           ignore_index=IGNORE, lm_head_bias=getattr(head, "bias", None))
@@ -32,3 +43,4 @@ def response_log_probs(model: torch.nn.Module, batch: TokenBatch, *, temperature
         logp, entropy = out
         return logp.view(labels.shape), entropy.view(labels.shape)
     return out.view(labels.shape), None
+

@@ -279,7 +279,8 @@ class PolicyUpdater:
     def _ref_log_probs(self, batch) -> torch.Tensor:
         from r2vpo_ascend.trainer.logprobs import response_log_probs
         log_probs, _ = response_log_probs(self.ref_model, batch.to(next(self.ref_model.parameters()).device),
-                                          temperature=self.config.temperature)
+                                          temperature=self.config.temperature,
+                                          compute_dtype=self.engine.compute_dtype)
         return log_probs
 
 

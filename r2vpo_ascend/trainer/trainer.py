@@ -107,7 +107,7 @@ class R2VPOTrainer:
         """The policy (loaded from `config.model` unless given), its tokenizer and the training dtype;
         the backend's fused kernels and, if asked, activation checkpointing."""
         cfg = self.config
-        dtype = resolve_dtype(cfg.dtype, self.backend)
+        dtype = resolve_dtype(cfg.dtype, self.backend, mixed_precision=cfg.mixed_precision)
         if model is None or isinstance(model, (str, Path)):
             model, loaded_tok = load_model_and_tokenizer(str(model or cfg.model), tokenizer=cfg.tokenizer,
                                                          trust_remote_code=cfg.trust_remote_code,
@@ -156,7 +156,7 @@ class R2VPOTrainer:
                                                 model.config.max_position_embeddings),
                               gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                               enable_sleep_mode=cfg.vllm_sleep_mode)
-        return HFGenerateEngine(model, self.tokenizer)
+        return HFGenerateEngine(model, self.tokenizer, compute_dtype=self.engine.compute_dtype)
 
     # ---- the loop -------------------------------------------------------------------------
     # Set up by train(); these defaults serve callers that drive `_run_step` themselves (benchmarks).
