@@ -83,8 +83,11 @@ class R2VPOConfig:
     mixed_precision: str = _f("no", "`bf16`: the decoder's forward (training, behaviour log-probs, the KL reference and "
                               "HF generate) runs under torch.autocast in bf16 while the weights, gradients and AdamW "
                               "state stay float32 (`dtype: auto` then means float32 on every backend); the LM head's "
-                              "log-probs stay float32. About 2x per step on a CPU with bf16 matrix units (AMX), "
-                              "slower on one without (docs/performance.md). `no`: everything in `dtype`. "
+                              "log-probs stay float32. Measured on SmolLM2-135M, one CPU core with AMX: forward + "
+                              "backward 2.2x, generation 1.5x faster (slower on a CPU without bf16 units), but after "
+                              "one AdamW step at lr 2e-6 the ratio variance V̂ reads 0.29 in bf16 against 0.0014 in "
+                              "float32: bf16 rounding, not the policy, then drives R²VPO's λ and PPO's clip on "
+                              "replayed samples and later passes (docs/performance.md). `no`: everything in `dtype`. "
                               "Native engine only (DeepSpeed has its own bf16 section).", ("no", "bf16"),
                               on_resume=MAY_CHANGE)
     dataset: str = _f("arithmetic", "Training prompts: `arithmetic` (built-in task), `sequence` (built-in task with "
