@@ -5,8 +5,9 @@ tokens, and hands them with the LM head to `device.kernels.token_log_probs`, whi
 through the vocabulary in chunks (153k-vocab models never hold [tokens × vocab] logits).
 
 With a `compute_dtype` (config `mixed_precision: bf16`) the decoder runs under torch.autocast
-and its hidden states are cast back to float32 for the head: the kernel's products, and so
-the log-ratios R²VPO's variance is taken of, are never rounded to bf16.
+and its hidden states are cast back to float32 for the head, so the kernel's products are
+float32; the decoder's bf16 rounding still reaches the log-probs, and it dominates the log-ratio
+after a small step (docs/performance.md, "bf16 mixed precision").
 """
 
 from __future__ import annotations
