@@ -17,6 +17,7 @@ import argparse
 import ast
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def gsm8k_numbers(runs: Path, arm: str) -> dict:
     """{n: metrics} for each `gsm8k_<arm>_n<k>.json` found."""
     out = {}
     for path in sorted(runs.glob(f"gsm8k_{arm}_n*.json")):
+        if not re.fullmatch(rf"gsm8k_{re.escape(arm)}_n\d+\.json", path.name):
+            continue  # `gsm8k_r2vpo_n*` also matches arm r2vpo_nofmt's files
         data = json.loads(path.read_text())
         bench = data["benchmarks"]["gsm8k"]
         out[data["n"]] = {**bench["metrics"], "seconds": bench["seconds"],

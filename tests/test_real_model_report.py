@@ -80,3 +80,14 @@ def test_markdown_and_doc_update_keep_the_hand_written_text(tmp_path):
     doc.write_text("no markers")
     with pytest.raises(SystemExit, match="add the two markers"):
         rmr.update_doc(doc, text)
+
+
+def test_gsm8k_files_of_an_arm_whose_name_prefixes_another(tmp_path):
+    """`gsm8k_r2vpo_n*.json` also matches arm `r2vpo_nofmt`'s `gsm8k_r2vpo_nofmt_n1.json`: each arm
+    reads its own files only."""
+    for arm, acc in (("r2vpo", 0.03), ("r2vpo_nofmt", 0.01)):
+        (tmp_path / f"gsm8k_{arm}_n1.json").write_text(json.dumps({
+            "n": 1, "sampling": {"max_new_tokens": 256},
+            "benchmarks": {"gsm8k": {"metrics": {"avg@1": acc}, "seconds": 60.0}}}))
+    assert rmr.gsm8k_numbers(tmp_path, "r2vpo")[1]["avg@1"] == 0.03
+    assert rmr.gsm8k_numbers(tmp_path, "r2vpo_nofmt")[1]["avg@1"] == 0.01
