@@ -16,14 +16,11 @@ from r2vpo_ascend.models.tokenizer import build_char_tokenizer
 from r2vpo_ascend.rollout import HFGenerateEngine, SamplingConfig
 from r2vpo_ascend.trainer.batch import collate
 from r2vpo_ascend.trainer.logprobs import response_log_probs
+from test_ppo_epochs import _config as tiny_config
 
 
 def _config(tmp_path, **kw):
-    base = dict(model="tiny", dataset="arithmetic", dataset_size=64, eval_every=0, steps=2, prompts_per_step=4,
-                num_generations=4, max_new_tokens=4, sft_steps=0, lr=1e-2, num_threads=1, entropy_coef=0.05,
-                output_dir=str(tmp_path / "run"), progress_bar="off", log_every=0, ppo_epochs=2)
-    base.update(kw)
-    return R2VPOConfig(**base)
+    return tiny_config(tmp_path, **{"ppo_epochs": 2, **kw})
 
 
 def _linear_output_dtypes(model):
