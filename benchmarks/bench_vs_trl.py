@@ -324,7 +324,7 @@ def _summarise(runs: list[dict], args) -> list[dict]:
                    "completion_length": [min(r["completion_length_min"] for r in mine),
                                          max(r["completion_length_max"] for r in mine)]}
             row["samples_per_s"] = p * g / row["median_step_s"]
-            if arm in ("trl_grpo", "trl_grpo_bf16"):
+            if trl_baseline(arm) == arm:  # a TRL arm others are compared with
                 trl[arm] = row
             rows.append(row)
         for row in rows:

@@ -13,7 +13,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 import device
 from r2vpo_ascend.engines.base import adamw_kernel, build_optimizer, config_lr_schedule, sum_over_ranks
-from r2vpo_ascend.models.dtypes import compute_dtype
+from r2vpo_ascend.models.dtypes import COMPUTE_DTYPES
 from r2vpo_ascend.trainer.batch import TokenBatch
 from r2vpo_ascend.trainer.config import R2VPOConfig
 from r2vpo_ascend.trainer.logprobs import response_log_probs
@@ -37,7 +37,7 @@ class NativeEngine:
         self.model = model.to(device=backend.device, dtype=dtype)
         self.model.train()
         self.config = config
-        self.compute_dtype = compute_dtype(config.mixed_precision)  # autocast dtype of every forward, or None
+        self.compute_dtype = COMPUTE_DTYPES[config.mixed_precision]  # autocast dtype of every forward, or None
         self._adamw_impl = adamw_kernel(self.model)
         self.optimizer = build_optimizer(self.model, config, kernel=self._adamw_impl)
         self.scheduler = config_lr_schedule(self.optimizer, config)

@@ -7,14 +7,8 @@ import torch
 from r2vpo_ascend.algos.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-COMPUTE_DTYPES = {"no": None, "bf16": torch.bfloat16}  # config field `mixed_precision`
-
-
-def compute_dtype(mixed_precision: str) -> torch.dtype | None:
-    """The torch.autocast dtype of `mixed_precision` (None: no autocast)."""
-    if mixed_precision not in COMPUTE_DTYPES:
-        raise ConfigError(f"mixed_precision must be one of {sorted(COMPUTE_DTYPES)}, got {mixed_precision!r}")
-    return COMPUTE_DTYPES[mixed_precision]
+# config field `mixed_precision` (validated there) -> the torch.autocast dtype of the forwards, None: no autocast
+COMPUTE_DTYPES = {"no": None, "bf16": torch.bfloat16}
 
 
 def resolve_dtype(name: str, backend, *, mixed_precision: str = "no") -> torch.dtype:
